@@ -1,0 +1,221 @@
+"""The token-graph KV cache.
+
+Every decoding method appends tokens to a request's cache, sometimes on several branches at once,
+and keeps some of them. So each cached token carries an explicit position and a *segment*;
+segments form a DAG, and a token sees the tokens of the segments its own segment descends from
+plus the earlier tokens of its own segment.
+
+Storage: a `KVPool` holds, per layer, K and V as `[slots, kv_heads, capacity, head_dim]`. A
+request owns one slot (its rows are in append order); forks and joins only change the graph's
+visibility matrix and never copy K/V. Live slots are kept compact at the front of the pool (a
+freed slot is refilled by moving the last one) so a batch of requests reads its keys as a view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+ROOT = 0  # segment id of the prompt
+
+
+class KVPool:
+    """Preallocated K/V for up to `max_slots` requests; capacity per slot grows by doubling."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        max_slots: int,
+        max_capacity: int,
+        capacity: int = 128,
+    ):
+        self.shape = (num_kv_heads, head_dim)
+        self.dtype = dtype
+        self.max_slots = max_slots
+        self.max_capacity = max_capacity
+        self.capacity = min(capacity, max_capacity)
+        size = (max_slots, num_kv_heads, self.capacity, head_dim)
+        self.k = [torch.zeros(size, dtype=dtype) for _ in range(num_layers)]
+        self.v = [torch.zeros(size, dtype=dtype) for _ in range(num_layers)]
+        self.owners: list[TokenGraph] = []  # owners[s] holds slot s; slots >= len are free
+        self.allocations = 0
+        self.releases = 0
+
+    # -- accounting -------------------------------------------------------------------------
+    @property
+    def live_slots(self) -> int:
+        return len(self.owners)
+
+    def used_tokens(self) -> int:
+        """K/V rows in use across all requests: forks add none, truncate and keep release."""
+        return sum(g.length for g in self.owners)
+
+    def bytes_per_token(self) -> int:
+        heads, dim = self.shape
+        return 2 * len(self.k) * heads * dim * self.k[0].element_size()
+
+    # -- slots ------------------------------------------------------------------------------
+    def new_graph(self) -> TokenGraph:
+        if len(self.owners) >= self.max_slots:
+            raise RuntimeError(f"KV pool is full ({self.max_slots} requests)")
+        graph = TokenGraph(self, slot=len(self.owners))
+        self.owners.append(graph)
+        self.allocations += 1
+        return graph
+
+    def release(self, graph: TokenGraph) -> None:
+        if (
+            graph.slot is None
+            or graph.slot >= len(self.owners)
+            or self.owners[graph.slot] is not graph
+        ):
+            raise RuntimeError("token graph freed twice or not owned by this pool")
+        slot, last = graph.slot, len(self.owners) - 1
+        if slot != last:  # keep live slots compact: move the last request into the hole
+            moved = self.owners[last]
+            n = moved.length
+            for t in self.k + self.v:
+                t[slot, :, :n] = t[last, :, :n]
+            moved.slot = slot
+            self.owners[slot] = moved
+        self.owners.pop()
+        graph.slot = None
+        self.releases += 1
+
+    def reserve(self, rows: int) -> None:
+        """Make room for `rows` rows in every slot (doubling), or raise past the model context."""
+        if rows <= self.capacity:
+            return
+        if rows > self.max_capacity:
+            raise RuntimeError(
+                f"KV cache needs {rows} rows, more than the model's {self.max_capacity}"
+            )
+        new = self.capacity
+        while new < rows:
+            new *= 2
+        new = min(new, self.max_capacity)
+        for cache in (self.k, self.v):
+            for i, t in enumerate(cache):
+                grown = torch.zeros((t.shape[0], t.shape[1], new, t.shape[3]), dtype=t.dtype)
+                grown[:, :, : self.capacity] = t
+                cache[i] = grown
+        self.capacity = new
+
+
+class TokenGraph:
+    """One request's cached tokens: positions, segments, and which segments see which."""
+
+    def __init__(self, pool: KVPool, slot: int):
+        self.pool = pool
+        self.slot: int | None = slot
+        self.length = 0
+        self.pos = torch.zeros(pool.capacity, dtype=torch.long)
+        self.seg = torch.zeros(pool.capacity, dtype=torch.long)
+        # sees[a, b]: segment a sees all of segment b (b is a strict ancestor of a)
+        self.sees = torch.zeros((4, 4), dtype=torch.bool)
+        self.parents: list[tuple[int, ...]] = [()]
+        self.sealed: set[int] = set()  # forked or joined segments take no more tokens
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.parents)
+
+    @property
+    def is_linear(self) -> bool:
+        return len(self.parents) == 1
+
+    # -- graph operations -------------------------------------------------------------------
+    def _new_segment(self, parents: Sequence[int]) -> int:
+        s = len(self.parents)
+        if s >= self.sees.shape[0]:
+            grown = torch.zeros((2 * s, 2 * s), dtype=torch.bool)
+            grown[:s, :s] = self.sees[:s, :s]
+            self.sees = grown
+        for p in parents:
+            if not 0 <= p < s:
+                raise ValueError(f"segment {p} does not exist")
+            self.sees[s] |= self.sees[p]
+            self.sees[s, p] = True
+            self.sealed.add(p)
+        self.parents.append(tuple(parents))
+        return s
+
+    def fork(self, segment: int, n: int) -> list[int]:
+        """n child segments that each see `segment` and its ancestors, but not each other."""
+        return [self._new_segment([segment]) for _ in range(n)]
+
+    def join(self, segments: Sequence[int]) -> int:
+        """A new segment that sees every given segment and all of their ancestors."""
+        if not segments:
+            raise ValueError("join needs at least one segment")
+        return self._new_segment(list(segments))
+
+    def append(self, positions: torch.Tensor, segments: torch.Tensor) -> int:
+        """Reserve rows for new tokens (the model writes their K/V); returns the first row."""
+        n = positions.numel()
+        if self.slot is None:
+            raise RuntimeError("append to a freed token graph")
+        if self.sealed and bool(torch.isin(segments, torch.tensor(sorted(self.sealed))).any()):
+            raise ValueError("cannot append to a segment that was forked or joined")
+        if int(segments.max()) >= self.num_segments or int(segments.min()) < 0:
+            raise ValueError("append to a segment that does not exist")
+        start = self.length
+        self.pool.reserve(start + n)
+        if start + n > self.pos.shape[0]:
+            size = max(start + n, 2 * self.pos.shape[0])
+            self.pos = _grow(self.pos, size)
+            self.seg = _grow(self.seg, size)
+        self.pos[start : start + n] = positions
+        self.seg[start : start + n] = segments
+        self.length = start + n
+        return start
+
+    def truncate(self, length: int) -> None:
+        """Roll back to the first `length` rows."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"truncate to {length} of {self.length} rows")
+        self.length = length
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Compact the cache to the given rows (ascending), e.g. an accepted root-to-leaf path."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        if rows.numel() and (int(rows.max()) >= self.length or bool((rows.diff() <= 0).any())):
+            raise ValueError("keep needs ascending rows below the cache length")
+        n = rows.numel()
+        s = self.slot
+        for t in self.pool.k + self.pool.v:
+            t[s, :, :n] = t[s, :, rows]
+        self.pos[:n] = self.pos[rows].clone()
+        self.seg[:n] = self.seg[rows].clone()
+        self.length = n
+
+    def free(self) -> None:
+        self.pool.release(self)
+
+    # -- visibility -------------------------------------------------------------------------
+    def visibility(self, rows: torch.Tensor, keys: int, window: int | None = None) -> torch.Tensor:
+        """Boolean [len(rows), keys]: may the token at each row attend to key row k.
+
+        One gather and a few comparisons, no loop over tokens.
+        """
+        own = min(keys, self.length)
+        k = torch.arange(own)
+        seg_q, seg_k = self.seg[rows], self.seg[:own]
+        visible = (seg_q[:, None] == seg_k[None, :]) & (k[None, :] <= rows[:, None])
+        if not self.is_linear:
+            visible |= self.sees[seg_q][:, seg_k]
+        if window is not None:
+            visible &= (self.pos[rows][:, None] - self.pos[:own][None, :]) < window
+        if own < keys:
+            visible = torch.nn.functional.pad(visible, (0, keys - own))
+        return visible
+
+
+def _grow(t: torch.Tensor, size: int) -> torch.Tensor:
+    grown = torch.zeros(size, dtype=t.dtype)
+    grown[: t.shape[0]] = t
+    return grown

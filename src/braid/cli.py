@@ -1,0 +1,179 @@
+"""`braid` command line: generate, info, models, bench, train-lm.
+
+Errors a user can fix (bad arguments, missing model, bad prompt) exit 2 with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from braid.errors import BraidError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints the whole usage block)
+        self.exit(EXIT_USAGE, f"braid: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="Hugging Face-format model directory (default: bundled target)")
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "bf16", "fp16", "fp32"],
+        default="auto",
+        help="weight dtype (auto: bf16 where the CPU has native bf16, else fp32)",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate",
+        help="generate text from prompts",
+        description="Generate from one or more prompts: --prompt (repeatable), --prompts-file "
+        "(one prompt per line, or JSONL with a 'prompt' field), or standard input.",
+    )
+    _model_args(p)
+    p.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
+    p.add_argument("--prompts-file", help="file with one prompt per line, or .jsonl with 'prompt'")
+    p.add_argument("--method", default="ar", help="decoding method (default: ar)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 disables (default)")
+    p.add_argument("--min-p", type=float, default=0.0)
+    p.add_argument("--seed", type=int, help="same seed, same output")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded at once")
+    p.add_argument("--json", action="store_true", help="one JSON object per output")
+    p.add_argument("--stats", action="store_true", help="print per-output stats to stderr")
+    p.add_argument(
+        "--no-stream", action="store_true", help="print a single prompt's text at the end"
+    )
+    p.set_defaults(func=_generate)
+
+
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                lines = [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as e:
+            raise BraidError(f"cannot read --prompts-file: {e}") from None
+        if args.prompts_file.endswith(".jsonl"):
+            try:
+                lines = [json.loads(line)["prompt"] for line in lines]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise BraidError(f"{args.prompts_file}: each line needs a JSON 'prompt'") from None
+        prompts += lines
+    if not prompts and not sys.stdin.isatty():
+        text = sys.stdin.read()
+        if text.strip():
+            prompts.append(text.rstrip("\n"))
+    if not prompts:
+        raise BraidError("no prompt given: use --prompt TEXT, --prompts-file FILE or stdin")
+    return prompts
+
+
+def _generate(args) -> int:
+    from braid import LLM, SamplingParams
+
+    prompts = _read_prompts(args)
+    params = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        min_p=args.min_p,
+        seed=args.seed,
+        stop=args.stop,
+        ignore_eos=args.ignore_eos,
+    )
+    llm = LLM(args.model, dtype=args.dtype, threads=args.threads, max_batch=args.max_batch)
+    if len(prompts) == 1 and not args.json and not args.no_stream:
+        for delta in llm.stream(prompts[0], params, method=args.method):
+            print(delta, end="", flush=True)
+        print()
+        if args.stats:
+            print(json.dumps(llm.last_stream_output.stats.as_dict()), file=sys.stderr)
+        return 0
+    outputs = llm.generate(prompts, params, method=args.method, use_tqdm=len(prompts) > 1)
+    for out in outputs:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "prompt": out.prompt,
+                        "text": out.text,
+                        "token_ids": out.token_ids,
+                        "finish_reason": out.finish_reason,
+                        "stats": out.stats.as_dict(),
+                    }
+                )
+            )
+        else:
+            print(out.text)
+        if args.stats and not args.json:
+            print(json.dumps(out.stats.as_dict()), file=sys.stderr)
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="describe a model directory")
+    p.add_argument("--model", help="model directory (default: bundled target)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_info)
+
+
+def _info(args) -> int:
+    from braid.llm import bundled_model
+    from braid.model.info import describe
+
+    info = describe(args.model if args.model else bundled_model())
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        width = max(map(len, info))
+        for key, value in info.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="braid", description="Faster LLM generation: several tokens per pass.")
+    from braid import __version__
+
+    parser.add_argument("--version", action="version", version=f"braid {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_generate(sub)
+    _add_info(sub)
+    for module in ("braid.bench.cli", "braid.training.train_lm", "braid.model.registry"):
+        try:
+            mod = __import__(module, fromlist=["add_parser"])
+        except ImportError:
+            continue
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except BraidError as e:
+        print(f"braid: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

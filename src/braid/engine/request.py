@@ -1,0 +1,159 @@
+"""A request's state while it runs, its incremental detokenizer and its finished output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from braid.cache import TokenGraph
+from braid.model.tokenizer import Tokenizer
+from braid.sampling import SamplingParams, make_generator
+
+
+@dataclass
+class RequestStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    passes: int = 0  # large-model passes this request took part in
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_pass(self) -> float:
+        return self.generated_tokens / self.passes if self.passes else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "generated_tokens": self.generated_tokens,
+            "passes": self.passes,
+            "seconds": round(self.seconds, 4),
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "tokens_per_pass": round(self.tokens_per_pass, 3),
+        }
+
+
+@dataclass
+class RequestOutput:
+    request_id: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (eos, stop token or stop string) or "length"
+    stats: RequestStats = field(default_factory=RequestStats)
+
+
+class Detokenizer:
+    """Text deltas that never split a multi-byte character (vLLM's prefix/read offsets).
+
+    A few prompt tokens are decoded as context so that tokenizers which drop a leading space at
+    the start of a decode still produce the right first word.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int]):
+        self.tokenizer = tokenizer
+        self.ids = list(prompt_ids[-4:])
+        self.prefix = 0
+        self.read = len(self.ids)
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        before = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        after = self.tokenizer.decode(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+
+class Request:
+    def __init__(
+        self,
+        request_id: int,
+        prompt: str | None,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        tokenizer: Tokenizer,
+        eos_token_ids: Sequence[int],
+        max_context: int,
+    ):
+        self.id = request_id
+        self.prompt = prompt
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.generator: torch.Generator = make_generator(params.seed)
+        self.graph: TokenGraph | None = None
+        self.output_ids: list[int] = []
+        self.text = ""
+        self.emitted = 0  # characters of `text` already streamed
+        self.finish_reason: str | None = None
+        self.stats = RequestStats(prompt_tokens=len(prompt_ids))
+        self.started: float | None = None
+        self._detok = Detokenizer(tokenizer, prompt_ids)
+        self._stop_ids = set(params.stop_token_ids)
+        if not params.ignore_eos:
+            self._stop_ids |= set(eos_token_ids)
+        self._limit = min(params.max_tokens, max_context - len(prompt_ids))
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    def accept(self, tokens: Sequence[int]) -> int:
+        """Append sampled tokens in order until one finishes the request; returns how many stuck."""
+        taken = 0
+        for t in tokens:
+            self.output_ids.append(int(t))
+            taken += 1
+            self.text += self._detok.push(int(t))
+            if int(t) in self._stop_ids:
+                self.finish_reason = "stop"
+            elif self.params.stop and self._trim_stop_string():
+                self.finish_reason = "stop"
+            elif len(self.output_ids) >= self._limit:
+                self.finish_reason = "length"
+            if self.finished:
+                break
+        self.stats.generated_tokens = len(self.output_ids)
+        return taken
+
+    def _trim_stop_string(self) -> bool:
+        hits = [i for i in (self.text.find(s) for s in self.params.stop) if i >= 0]
+        if hits:
+            self.text = self.text[: min(hits)]
+        return bool(hits)
+
+    def take_delta(self) -> str:
+        """New text since the last call; holds back a tail that could still start a stop string."""
+        end = len(self.text)
+        if not self.finished and self.params.stop:
+            end -= max(len(s) for s in self.params.stop) - 1
+        if end <= self.emitted:
+            return ""
+        delta, self.emitted = self.text[self.emitted : end], end
+        return delta
+
+    def output(self) -> RequestOutput:
+        return RequestOutput(
+            request_id=self.id,
+            prompt=self.prompt,
+            prompt_token_ids=self.prompt_ids,
+            text=self.text,
+            token_ids=list(self.output_ids),
+            finish_reason=self.finish_reason or "length",
+            stats=self.stats,
+        )

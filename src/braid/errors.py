@@ -1,0 +1,13 @@
+"""Errors braid raises for bad input. The CLI prints their message as one line and exits 2."""
+
+
+class BraidError(Exception):
+    """Base class for user-facing errors: the message says what was wrong and what to do."""
+
+
+class ModelLoadError(BraidError):
+    """A model directory is missing, incomplete, corrupt or of an unsupported kind."""
+
+
+class InvalidRequestError(BraidError, ValueError):
+    """A prompt or sampling parameter is out of range."""

@@ -1,0 +1,111 @@
+"""The public entry point, shaped like vLLM's: `LLM(model).generate(prompts, SamplingParams())`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from braid.engine.engine import Engine
+from braid.engine.request import RequestOutput
+from braid.errors import InvalidRequestError, ModelLoadError
+from braid.methods import make_method
+from braid.model.loader import load_model
+from braid.model.tokenizer import Tokenizer
+from braid.sampling import SamplingParams
+
+ASSETS = Path(__file__).parent / "assets" / "models"
+
+
+def bundled_model(name: str = "target") -> Path:
+    """Path of a model shipped inside the package (`target`, `draft`)."""
+    path = ASSETS / name
+    if not (path / "config.json").exists():
+        raise ModelLoadError(
+            f"the bundled {name!r} model is not installed at {path}; pass a model directory "
+            "(LLM(model=DIR) or --model DIR)"
+        )
+    return path
+
+
+class LLM:
+    """A loaded model ready to generate.
+
+    model: a Hugging Face-format directory (or cache entry); None = the bundled default.
+    dtype: "bf16", "fp16", "fp32" or None (bf16 where the CPU has native bf16, else fp32).
+    threads: torch CPU threads; None = all cores.
+    max_batch: how many requests run at once (continuous batching admits the rest as they leave).
+    """
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        dtype: str | torch.dtype | None = None,
+        threads: int | None = None,
+        max_batch: int = 8,
+    ):
+        if threads is not None and threads < 1:
+            raise InvalidRequestError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads or os.cpu_count() or 1)
+        self.model, self.model_dir = load_model(
+            model if model is not None else bundled_model(), dtype
+        )
+        self.tokenizer = Tokenizer(self.model_dir)
+        if self.tokenizer.vocab_size > self.model.config.vocab_size:
+            raise ModelLoadError(
+                f"{self.model_dir}: tokenizer has {self.tokenizer.vocab_size} tokens but the model "
+                f"only {self.model.config.vocab_size} embeddings"
+            )
+        if max_batch < 1:
+            raise InvalidRequestError(f"max_batch must be >= 1, got {max_batch}")
+        self.max_batch = max_batch
+
+    def _engine(self, method: str) -> Engine:
+        return Engine(self.model, self.tokenizer, make_method(method), self.max_batch)
+
+    def generate(
+        self,
+        prompts: str | Sequence[str] | Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        method: str = "ar",
+        use_tqdm: bool = False,
+    ) -> list[RequestOutput]:
+        """Generate for every prompt (text, or a list of token ids); outputs in prompt order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if not prompts:
+            raise InvalidRequestError("no prompts given")
+        params = params if params is not None else SamplingParams()
+        if isinstance(params, SamplingParams):
+            params = [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise InvalidRequestError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
+        engine = self._engine(method)
+        progress = None
+        if use_tqdm:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(prompts), desc="generate", unit="req")
+        try:
+            return engine.generate(prompts, params, progress)
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def stream(
+        self, prompt: str | Sequence[int], params: SamplingParams | None = None, method: str = "ar"
+    ) -> Iterator[str]:
+        """Yield text deltas as they are generated; never splits a multi-byte character."""
+        engine = self._engine(method)
+        req = engine.add_request(prompt, params or SamplingParams())
+        try:
+            while engine.has_unfinished:
+                engine.step()
+                delta = req.take_delta()
+                if delta:
+                    yield delta
+        finally:
+            engine.abort_all()
+        self.last_stream_output = req.output()

@@ -1,0 +1,99 @@
+"""One model pass over new tokens of several requests: flat token layout plus attention masks.
+
+Linear layers see the new tokens of all requests flattened (`[N, hidden]`, no padding);
+attention sees them padded to `[B, Q, ...]` with a mask derived from each request's token graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from braid.cache import KVPool, TokenGraph
+
+
+@dataclass
+class Append:
+    """New tokens for one request: ids, their positions and the segment each goes to."""
+
+    graph: TokenGraph
+    token_ids: Sequence[int] | torch.Tensor
+    positions: Sequence[int] | torch.Tensor
+    segments: Sequence[int] | torch.Tensor | int = 0
+
+
+@dataclass
+class ForwardBatch:
+    pool: KVPool
+    token_ids: torch.Tensor  # [N]
+    positions: torch.Tensor  # [N]
+    slots: torch.Tensor  # [N] pool slot of each new token
+    rows: torch.Tensor  # [N] cache row each new token is written to
+    batch_slots: torch.Tensor | slice  # [B] slots of the requests (a slice when contiguous)
+    pad_index: torch.Tensor | None  # [N] flat index into [B * Q]; None when already dense
+    num_requests: int
+    max_new: int  # Q
+    keys: int  # T
+    masks: dict[int | None, torch.Tensor]  # window -> bool [B, 1, Q, T]
+    offsets: list[int]  # start of each request's tokens in the flat layout
+
+
+def build_batch(appends: Sequence[Append], windows: Sequence[int | None] = (None,)) -> ForwardBatch:
+    """Append the new tokens to their graphs and derive everything a model pass needs."""
+    if not appends:
+        raise ValueError("empty batch")
+    pool = appends[0].graph.pool
+    ids, pos, slots, rows, offsets, lens = [], [], [], [], [], []
+    starts = []
+    n = 0
+    for a in appends:
+        t = torch.as_tensor(a.token_ids, dtype=torch.long).reshape(-1)
+        p = torch.as_tensor(a.positions, dtype=torch.long).reshape(-1)
+        if t.numel() == 0 or p.numel() != t.numel():
+            raise ValueError("each request needs >= 1 new token and one position per token")
+        s = a.segments
+        seg = torch.full_like(t, s) if isinstance(s, int) else torch.as_tensor(s, dtype=torch.long)
+        start = a.graph.append(p, seg)
+        ids.append(t)
+        pos.append(p)
+        slots.append(torch.full_like(t, a.graph.slot))
+        rows.append(torch.arange(start, start + t.numel()))
+        offsets.append(n)
+        starts.append(start)
+        lens.append(t.numel())
+        n += t.numel()
+    b, q = len(appends), max(lens)
+    keys = max(a.graph.length for a in appends)
+    slot_list = [a.graph.slot for a in appends]
+    contiguous = slot_list == list(range(slot_list[0], slot_list[0] + b))
+    batch_slots: torch.Tensor | slice = (
+        slice(slot_list[0], slot_list[0] + b) if contiguous else torch.tensor(slot_list)
+    )
+    dense = all(m == q for m in lens)
+    pad_index = None
+    if not dense:
+        pad_index = torch.cat([torch.arange(m) + i * q for i, m in enumerate(lens)])
+    masks = {}
+    for window in set(windows):
+        mask = torch.zeros((b, 1, q, keys), dtype=torch.bool)
+        for i, a in enumerate(appends):
+            r = torch.arange(starts[i], starts[i] + lens[i])
+            mask[i, 0, : lens[i]] = a.graph.visibility(r, keys, window)
+            mask[i, 0, lens[i] :, 0] = True  # padding queries look at one key: no NaN rows
+        masks[window] = mask
+    return ForwardBatch(
+        pool=pool,
+        token_ids=torch.cat(ids),
+        positions=torch.cat(pos),
+        slots=torch.cat(slots),
+        rows=torch.cat(rows),
+        batch_slots=batch_slots,
+        pad_index=pad_index,
+        num_requests=b,
+        max_new=q,
+        keys=keys,
+        masks=masks,
+        offsets=offsets,
+    )

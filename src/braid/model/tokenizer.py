@@ -1,0 +1,44 @@
+"""Tokenizer from `tokenizer.json` (the `tokenizers` library: fast import, no transformers)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import Tokenizer as _Tokenizer
+
+from braid.errors import ModelLoadError
+
+
+class Tokenizer:
+    def __init__(self, model_dir: Path):
+        path = model_dir / "tokenizer.json"
+        if not path.exists():
+            raise ModelLoadError(
+                f"{path}: not found; braid needs a fast tokenizer (tokenizer.json)"
+            )
+        try:
+            self._tok = _Tokenizer.from_file(str(path))
+        except Exception as e:  # the Rust side raises a plain Exception
+            raise ModelLoadError(f"{path}: cannot be read as a tokenizer ({e})") from None
+        self.eos_token_ids: tuple[int, ...] = ()
+        config = model_dir / "tokenizer_config.json"
+        if config.exists():
+            try:
+                eos = json.loads(config.read_text()).get("eos_token")
+            except json.JSONDecodeError as e:
+                raise ModelLoadError(f"{config}: not valid JSON ({e})") from None
+            if isinstance(eos, dict):
+                eos = eos.get("content")
+            if isinstance(eos, str) and self._tok.token_to_id(eos) is not None:
+                self.eos_token_ids = (self._tok.token_to_id(eos),)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)

@@ -1,0 +1,160 @@
+"""braid's own decoder for the Llama family (Llama, Mistral, Qwen2 qkv bias, Qwen3 q/k norm).
+
+Functional on purpose: per layer a handful of fused ops (one qkv matmul, one gate/up matmul) over
+the flattened new tokens of every request, attention over each request's token-graph cache.
+The final norm and the output projection run in fp32 whatever the weight dtype, because bf16
+logits tie often enough to change greedy outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from braid.cache import KVPool
+from braid.model.batch import ForwardBatch
+from braid.model.config import ModelConfig
+from braid.model.linear import Linear
+from braid.model.rope import RopeTable, apply_rope
+
+
+@dataclass
+class LayerWeights:
+    input_norm: torch.Tensor
+    qkv: Linear  # [q + 2 kv, hidden], with the qkv bias where the architecture has one
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    o: Linear
+    post_norm: torch.Tensor
+    gate_up: Linear  # [2 ffn, hidden]
+    down: Linear
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm with the statistics in fp32 and the product in the weight dtype, as in HF Llama."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(weight.dtype)
+
+
+class Transformer:
+    """Weights plus a forward pass over a `ForwardBatch`; knows nothing of decoding methods."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        embed: torch.Tensor,
+        layers: list[LayerWeights],
+        norm: torch.Tensor,
+        lm_head: torch.Tensor,
+        dtype: torch.dtype,
+    ):
+        """`lm_head` is converted to fp32 (see the module docstring)."""
+        self.config = config
+        self.embed = embed
+        self.layers = layers
+        self.norm = norm.float()
+        self.lm_head = Linear(lm_head.float().contiguous())
+        self.dtype = dtype
+        self.rope = RopeTable(config.rope, config.head_dim, dtype)
+        self.windows = tuple(config.sliding_windows) or (None,) * config.num_layers
+
+    def new_pool(self, max_slots: int, max_tokens: int | None = None) -> KVPool:
+        c = self.config
+        limit = max_tokens or c.max_position_embeddings
+        return KVPool(c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, max_slots, limit)
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights read per pass (embedding rows are gathered, not read whole)."""
+        total = self.norm.numel() * 4 + self.lm_head.nbytes
+        for w in self.layers:
+            for t in vars(w).values():
+                if isinstance(t, Linear):
+                    total += t.nbytes
+                elif t is not None:
+                    total += t.numel() * t.element_size()
+        return total
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        batch: ForwardBatch,
+        logit_rows: torch.Tensor | None = None,
+        return_hidden: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (fp32) for `logit_rows` of the flat new tokens (all rows when None).
+
+        With `return_hidden`, also the final-normed hidden states of those rows (fp32).
+        """
+        c = self.config
+        x = self.embed[batch.token_ids]
+        cos, sin = self.rope.lookup(batch.positions)
+        masks = {window: self._fold_mask(m, batch) for window, m in batch.masks.items()}
+        for i, w in enumerate(self.layers):
+            h = rms_norm(x, w.input_norm, c.rms_norm_eps)
+            x = x + self._attention(i, w, h, cos, sin, masks[self.windows[i]], batch)
+            h = rms_norm(x, w.post_norm, c.rms_norm_eps)
+            gate, up = w.gate_up(h).chunk(2, dim=-1)
+            x = x + w.down(F.silu(gate) * up)
+        if logit_rows is not None:
+            x = x[logit_rows]
+        xf = x.float()
+        hidden = self.norm * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps))
+        logits = self.lm_head(hidden)
+        return logits, (hidden if return_hidden else None)
+
+    def _fold_mask(self, mask: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """[B, 1, Q, T] -> [B, 1, groups * Q, T], matching the GQA query folding below."""
+        g = self.config.num_heads // self.config.num_kv_heads
+        if g == 1:
+            return mask
+        b, _, q, t = mask.shape
+        return mask.expand(b, g, q, t).reshape(b, 1, g * q, t)
+
+    def _attention(
+        self,
+        index: int,
+        w: LayerWeights,
+        h: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor,
+        batch: ForwardBatch,
+    ) -> torch.Tensor:
+        c = self.config
+        n = h.shape[0]
+        qkv = w.qkv(h)
+        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
+        q = q.view(n, c.num_heads, c.head_dim)
+        k = k.view(n, c.num_kv_heads, c.head_dim)
+        v = v.view(n, c.num_kv_heads, c.head_dim)
+        if w.q_norm is not None:
+            q = rms_norm(q, w.q_norm, c.rms_norm_eps)
+            k = rms_norm(k, w.k_norm, c.rms_norm_eps)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+
+        # write the new keys/values first, so each query sees itself through the cache
+        pool = batch.pool
+        kc, vc = pool.k[index], pool.v[index]
+        kc[batch.slots, :, batch.rows] = k
+        vc[batch.slots, :, batch.rows] = v
+        keys = kc[batch.batch_slots, :, : batch.keys]
+        values = vc[batch.batch_slots, :, : batch.keys]
+
+        # pad queries to [B, Q] and fold each kv head's query group into the query axis (GQA)
+        b, qn, g = batch.num_requests, batch.max_new, c.num_heads // c.num_kv_heads
+        if batch.pad_index is not None:
+            padded = q.new_zeros((b * qn, c.num_heads, c.head_dim))
+            padded[batch.pad_index] = q
+            q = padded
+        q = q.view(b, qn, c.num_kv_heads, g, c.head_dim).permute(0, 2, 3, 1, 4)
+        q = q.reshape(b, c.num_kv_heads, g * qn, c.head_dim)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        out = out.view(b, c.num_kv_heads, g, qn, c.head_dim).permute(0, 3, 1, 2, 4)
+        out = out.reshape(b * qn, c.q_size)
+        if batch.pad_index is not None:
+            out = out[batch.pad_index]
+        return w.o(out)
