@@ -2,8 +2,8 @@
 
 Functional on purpose: per layer a handful of fused ops (one qkv matmul, one gate/up matmul) over
 the flattened new tokens of every request, attention over each request's token-graph cache.
-The final norm and the output projection run in fp32 whatever the weight dtype, because bf16
-logits tie often enough to change greedy outputs.
+The final norm runs in fp32 and the logits come out in fp32 (`LogitHead`), because bf16 logits
+tie often enough to change greedy outputs.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from braid.cache import KVPool
 from braid.model.batch import ForwardBatch
 from braid.model.config import ModelConfig
+from braid.model.head import LogitHead
 from braid.model.linear import Linear
 from braid.model.rope import RopeTable, apply_rope
 
@@ -51,12 +52,11 @@ class Transformer:
         lm_head: torch.Tensor,
         dtype: torch.dtype,
     ):
-        """`lm_head` is converted to fp32 (see the module docstring)."""
         self.config = config
         self.embed = embed
         self.layers = layers
         self.norm = norm.float()
-        self.lm_head = Linear(lm_head.float().contiguous())
+        self.lm_head = LogitHead(lm_head, dtype)
         self.dtype = dtype
         self.rope = RopeTable(config.rope, config.head_dim, dtype)
         self.windows = tuple(config.sliding_windows) or (None,) * config.num_layers

@@ -1,0 +1,55 @@
+"""The output projection: fp32 logits at the cost of reading the head in the model dtype.
+
+bf16 logits tie often (8 bits of mantissa), and ties flip greedy outputs between a pass over k
+tokens and k passes over one. A plain fp32 head avoids that but reads twice the bytes, and on a
+small model with a 32k vocabulary the head is the largest matrix of the step.
+
+So for bf16/fp16 models: one fast matmul in the model dtype, then every token whose fast logit
+could be within the rounding error of the best one is recomputed exactly in fp32. The error of
+the fast logit of token v is at most eps * |w_v| * |h| (input rounding plus output rounding,
+fp32 accumulation), so tokens outside that band can be neither the argmax nor tied with it. The
+argmax is therefore the fp32 argmax, and the logits near the top are fp32-exact; the tail keeps
+the fast values, within eps * |w_v| * |h| of fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from braid.model.linear import Linear
+
+# unit roundoff of the fast dtype, doubled (input and output rounding), with a little slack
+_EPS = {torch.bfloat16: 2.0**-7 * 1.05, torch.float16: 2.0**-10 * 1.05}
+
+
+class LogitHead:
+    def __init__(self, weight: torch.Tensor, dtype: torch.dtype):
+        self.vocab_size = weight.shape[0]
+        self.eps = _EPS.get(dtype)
+        if self.eps is None:  # fp32 model: the plain product is already exact
+            self.exact = Linear(weight.float().contiguous())
+            self.nbytes = self.exact.nbytes
+            return
+        self.dtype = dtype
+        self.rows = weight.to(dtype).contiguous()  # gathered for the exact recomputation
+        self.fast = Linear(self.rows)
+        self.row_norms = weight.float().norm(dim=1)
+        self.nbytes = self.fast.nbytes
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 hidden states [M, d] -> fp32 logits [M, V]."""
+        if self.eps is None:
+            return self.exact(hidden)
+        logits = self.fast(hidden.to(self.dtype)).float()
+        bound = (self.eps * hidden.norm(dim=1, keepdim=True)) * self.row_norms
+        floor = (logits - bound).max(dim=1, keepdim=True).values
+        rows, cols = ((logits + bound) >= floor).nonzero(as_tuple=True)
+        exact = torch.einsum("nd,nd->n", self.rows[cols].float(), hidden[rows])
+        logits[rows, cols] = exact
+        return logits
+
+    def exact_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Every logit in fp32 (for tests and references; reads the head in fp32)."""
+        if self.eps is None:
+            return self.exact(hidden)
+        return hidden @ self.rows.float().t()
