@@ -14,6 +14,7 @@ from braid.errors import InvalidRequestError, ModelLoadError
 from braid.methods import make_method
 from braid.model.loader import load_model
 from braid.model.tokenizer import Tokenizer
+from braid.model.transformer import Transformer
 from braid.sampling import SamplingParams
 
 ASSETS = Path(__file__).parent / "assets" / "models"
@@ -37,6 +38,8 @@ class LLM:
     dtype: "bf16", "fp16", "fp32" or None (bf16 where the CPU has native bf16, else fp32).
     threads: torch CPU threads; None = all cores.
     max_batch: how many requests run at once (continuous batching admits the rest as they leave).
+    draft: the draft model directory for `spec` / `block` (default: the bundled draft), loaded
+    on first use; it must share the target's tokenizer on every id both have.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class LLM:
         dtype: str | torch.dtype | None = None,
         threads: int | None = None,
         max_batch: int = 8,
+        draft: str | Path | None = None,
     ):
         if threads is not None and threads < 1:
             raise InvalidRequestError(f"threads must be >= 1, got {threads}")
@@ -61,9 +65,23 @@ class LLM:
         if max_batch < 1:
             raise InvalidRequestError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
+        self.dtype = self.model.dtype
+        self._draft_path = draft
+        self._draft: Transformer | None = None
 
-    def _engine(self, method: str) -> Engine:
-        return Engine(self.model, self.tokenizer, make_method(method), self.max_batch)
+    def draft_model(self) -> Transformer:
+        if self._draft is None:
+            path = self._draft_path if self._draft_path is not None else bundled_model("draft")
+            draft, draft_dir = load_model(path, self.dtype)
+            check_shared_vocabulary(self.tokenizer, Tokenizer(draft_dir), draft_dir)
+            self._draft = draft
+        return self._draft
+
+    def _engine(self, method: str, gamma: int = 4) -> Engine:
+        if gamma < 1:
+            raise InvalidRequestError(f"gamma must be >= 1, got {gamma}")
+        draft = self.draft_model() if method in ("spec", "block") else None
+        return Engine(self.model, self.tokenizer, make_method(method, draft, gamma), self.max_batch)
 
     def generate(
         self,
@@ -71,8 +89,14 @@ class LLM:
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         method: str = "ar",
         use_tqdm: bool = False,
+        gamma: int = 4,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (text, or a list of token ids); outputs in prompt order."""
+        """Generate for every prompt (text, or a list of token ids); outputs in prompt order.
+
+        method: "ar", or "spec" / "block" (draft-model speculative decoding with token-level or
+        block verification; exact: same output distribution as "ar"). gamma: drafted tokens
+        per target pass.
+        """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         if not prompts:
@@ -82,7 +106,7 @@ class LLM:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise InvalidRequestError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
-        engine = self._engine(method)
+        engine = self._engine(method, gamma)
         progress = None
         if use_tqdm:
             from tqdm import tqdm
@@ -95,10 +119,14 @@ class LLM:
                 progress.close()
 
     def stream(
-        self, prompt: str | Sequence[int], params: SamplingParams | None = None, method: str = "ar"
+        self,
+        prompt: str | Sequence[int],
+        params: SamplingParams | None = None,
+        method: str = "ar",
+        gamma: int = 4,
     ) -> Iterator[str]:
         """Yield text deltas as they are generated; never splits a multi-byte character."""
-        engine = self._engine(method)
+        engine = self._engine(method, gamma)
         req = engine.add_request(prompt, params or SamplingParams())
         try:
             while engine.has_unfinished:
@@ -109,3 +137,19 @@ class LLM:
         finally:
             engine.abort_all()
         self.last_stream_output = req.output()
+
+
+def check_shared_vocabulary(target: Tokenizer, draft: Tokenizer, draft_dir: Path) -> None:
+    """Draft and target must mean the same token by every id they share (padding may differ)."""
+    a, b = target.id_to_token(), draft.id_to_token()
+    shared = set(a) & set(b)
+    if not shared:
+        raise ModelLoadError(f"{draft_dir}: the draft's tokenizer shares no ids with the target's")
+    bad = sorted(i for i in shared if a[i] != b[i])
+    if bad:
+        i = bad[0]
+        raise ModelLoadError(
+            f"{draft_dir}: draft and target tokenizers differ ({len(bad)} ids, e.g. id {i} is "
+            f"{b[i]!r} in the draft and {a[i]!r} in the target); use a draft trained with the "
+            "target's tokenizer"
+        )

@@ -82,8 +82,7 @@ class Engine:
         for req in stepped:
             req.stats.seconds = now - req.started
             if req.finished:
-                req.graph.free()
-                req.graph = None
+                self._release(req)
         self.running = [r for r in self.running if not r.finished]
         return stepped
 
@@ -110,11 +109,15 @@ class Engine:
             raise
         return [r.output() for r in reqs]
 
+    def _release(self, req: Request) -> None:
+        if req.graph is not None:
+            req.graph.free()
+            req.graph = None
+        self.method.release(req)
+
     def abort_all(self) -> None:
         for req in self.running:
-            if req.graph is not None:
-                req.graph.free()
-                req.graph = None
+            self._release(req)
         self.running.clear()
         self.waiting.clear()
 

@@ -18,6 +18,13 @@ class RequestStats:
     generated_tokens: int = 0
     passes: int = 0  # large-model passes this request took part in
     seconds: float = 0.0
+    draft_tokens: int = 0  # proposed by a drafter (speculative methods)
+    accepted_tokens: int = 0  # of those, kept by the acceptance rule
+    draft_passes: int = 0  # small-model passes
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -35,6 +42,16 @@ class RequestStats:
             "seconds": round(self.seconds, 4),
             "tokens_per_s": round(self.tokens_per_s, 2),
             "tokens_per_pass": round(self.tokens_per_pass, 3),
+            **(
+                {
+                    "draft_tokens": self.draft_tokens,
+                    "accepted_tokens": self.accepted_tokens,
+                    "acceptance_rate": round(self.acceptance_rate, 3),
+                    "draft_passes": self.draft_passes,
+                }
+                if self.draft_tokens
+                else {}
+            ),
         }
 
 
@@ -108,6 +125,11 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
+
+    @property
+    def remaining(self) -> int:
+        """Tokens this request may still emit (max_tokens and the context both count)."""
+        return self._limit - len(self.output_ids)
 
     @property
     def all_ids(self) -> list[int]:

@@ -47,3 +47,6 @@ class Autoregressive:
         for req, token in zip(requests, sample_next(logits, requests), strict=True):
             req.stats.passes += 1
             req.accept([token])
+
+    def release(self, request: Request) -> None:
+        pass

@@ -37,6 +37,9 @@ class Tokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def id_to_token(self) -> dict[int, str]:
+        return {i: t for t, i in self._tok.get_vocab(with_added_tokens=True).items()}
+
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids
 

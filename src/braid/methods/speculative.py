@@ -1,0 +1,129 @@
+"""Draft-model speculative decoding with an exact acceptance rule (`spec` or `block`).
+
+Per step and request: the draft model catches up on the tokens it has not seen, proposes γ
+tokens autoregressively (γ batched draft passes), the target scores the pending token plus the
+draft in one pass, and the rule keeps τ drafted tokens plus one token drawn from its residual.
+Both caches roll back with `truncate`; the drawn token is the next step's pending token. A new
+request needs no separate prefill: its prompt is simply the first pending input of both models.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from braid.cache import KVPool
+from braid.methods import acceptance
+from braid.model.batch import Append, build_batch
+from braid.model.transformer import Transformer
+from braid.sampling import process_logits, sample
+
+if TYPE_CHECKING:
+    from braid.engine.engine import Engine
+    from braid.engine.request import Request
+
+RULES = {"spec": acceptance.token_level, "block": acceptance.block}
+
+
+class DraftSpeculative:
+    def __init__(self, draft: Transformer, rule: str = "spec", gamma: int = 4):
+        if gamma < 1:
+            raise ValueError(f"gamma must be >= 1, got {gamma}")
+        self.name = rule
+        self.draft = draft
+        self.rule = RULES[rule]
+        self.gamma = gamma
+        self.pool: KVPool | None = None
+        self.graphs: dict[int, object] = {}  # request id -> draft token graph
+
+    def release(self, request: Request) -> None:
+        graph = self.graphs.pop(request.id, None)
+        if graph is not None:
+            graph.free()
+
+    def _draft_graph(self, engine: Engine, req: Request):
+        if self.pool is None:
+            limit = min(self.draft.config.max_position_embeddings, engine.max_context)
+            self.pool = self.draft.new_pool(engine.max_batch, limit)
+        if req.id not in self.graphs:
+            self.graphs[req.id] = self.pool.new_graph()
+        return self.graphs[req.id]
+
+    def _draft_probs(self, logits: torch.Tensor, reqs: list[Request], vocab: int) -> torch.Tensor:
+        """Processed draft distributions over the target's vocabulary."""
+        if logits.shape[1] > vocab:  # ids the target cannot emit must not be drafted
+            logits = logits[:, :vocab]
+        probs = process_logits(logits, [r.params for r in reqs])
+        if probs.shape[1] < vocab:
+            probs = torch.nn.functional.pad(probs, (0, vocab - probs.shape[1]))
+        return probs
+
+    def step(self, engine: Engine, requests: list[Request]) -> None:
+        vocab = engine.model.config.vocab_size
+        graphs = {r.id: self._draft_graph(engine, r) for r in requests}
+        # γ per request: no more than it may still emit, nor than the context holds
+        gammas = {
+            r.id: max(0, min(self.gamma, r.remaining - 1, engine.max_context - r.num_tokens,
+                             self.pool.max_capacity - r.num_tokens + 1))
+            for r in requests
+        }  # fmt: skip
+        drafts: dict[int, list[int]] = {r.id: [] for r in requests}
+        q_rows: dict[int, list[torch.Tensor]] = {r.id: [] for r in requests}
+        caught_up: dict[int, int] = {}  # draft rows valid before this step's own proposals
+
+        # -- propose: step 0 catches up on unseen tokens, then one token per draft pass
+        for s in range(self.gamma):
+            active = [r for r in requests if gammas[r.id] > s]
+            if not active:
+                break
+            appends, last, n = [], [], 0
+            for r in active:
+                g = graphs[r.id]
+                ids = r.all_ids[g.length :] if s == 0 else [drafts[r.id][-1]]
+                if s == 0:
+                    caught_up[r.id] = g.length + len(ids)
+                appends.append(Append(g, ids, range(g.length, g.length + len(ids))))
+                n += len(ids)
+                last.append(n - 1)
+            logits, _ = self.draft.forward(build_batch(appends, self.draft.windows),
+                                           torch.tensor(last))  # fmt: skip
+            probs = self._draft_probs(logits, active, vocab)
+            for r, q in zip(active, probs):
+                drafts[r.id].append(sample(q, r.generator) if not r.params.greedy
+                                    else int(q.argmax()))  # fmt: skip
+                q_rows[r.id].append(q)
+                r.stats.draft_passes += 1
+
+        # -- verify: the pending token(s) and the whole draft in one target pass
+        appends, rows, n = [], [], 0
+        kept_base = {}  # target rows valid whatever is accepted: cache + pending input
+        for r in requests:
+            ids = r.all_ids[r.graph.length :] + drafts[r.id]
+            kept_base[r.id] = r.num_tokens
+            appends.append(Append(r.graph, ids, range(r.graph.length, r.graph.length + len(ids))))
+            k = len(drafts[r.id])
+            rows.extend(range(n + len(ids) - k - 1, n + len(ids)))
+            n += len(ids)
+        logits, _, _ = engine.forward(appends, torch.tensor(rows))
+        offset = 0
+        for r in requests:
+            k = len(drafts[r.id])
+            p = process_logits(logits[offset : offset + k + 1], [r.params] * (k + 1))
+            offset += k + 1
+            r.stats.passes += 1
+            if k:
+                y = torch.tensor(drafts[r.id])
+                plan = self.rule(y, torch.stack(q_rows[r.id]).to(p.dtype), p)
+                tau = plan.decide(torch.rand(k, generator=r.generator, dtype=p.dtype))
+                residual = plan.residuals[tau]
+            else:
+                tau, residual = 0, p[0]
+            nxt = int(residual.argmax()) if r.params.greedy else sample(residual, r.generator)
+            r.stats.draft_tokens += k
+            r.stats.accepted_tokens += tau
+            r.accept(drafts[r.id][:tau] + [nxt])
+            # keep the pending input and the accepted draft; the drawn token is pending next
+            r.graph.truncate(kept_base[r.id] + tau)
+            if k:  # the draft cache holds y_1..y_{k-1} after its catch-up
+                graphs[r.id].truncate(caught_up[r.id] + min(tau, k - 1))
