@@ -110,13 +110,25 @@ def test_fork_and_join_do_not_copy_storage(model):
     assert pool.used_tokens() == 10
 
 
-def test_appending_to_a_forked_segment_is_refused(model):
+def test_a_forked_segment_grows_only_before_its_branches(model, llama_dir):
     pool = model.new_pool(1)
     g = pool.new_graph()
-    run(model, [Append(g, PREFIX, range(6))])
-    g.fork(0, 2)
-    with pytest.raises(ValueError, match="forked"):
+    run(model, [Append(g, PREFIX[:4], range(4))])
+    a, b = g.fork(0, 2)
+    # one pass: two more trunk tokens, then one token on each branch (they see the trunk)
+    logits = run(model, [Append(g, PREFIX[4:] + [7, 21], [4, 5, 6, 6], [0, 0, a, b])])
+    assert close(logits[2], fresh(model, PREFIX + [7])[-1])
+    assert close(logits[3], fresh(model, PREFIX + [21])[-1])
+    with pytest.raises(ValueError, match="already hold tokens"):
         g.append(torch.tensor([6]), torch.tensor([0]))
+    h = pool.new_graph() if pool.live_slots < pool.max_slots else None
+    assert h is None  # single-slot pool: the graph above holds it
+    g.free()
+    g = pool.new_graph()
+    run(model, [Append(g, PREFIX[:2], range(2))])
+    (c,) = g.fork(0, 1)
+    with pytest.raises(ValueError, match="precede"):
+        g.append(torch.tensor([2, 2]), torch.tensor([c, 0]))
 
 
 def test_random_operations_free_every_slot_exactly_once(model):

@@ -118,7 +118,8 @@ class TokenGraph:
         # sees[a, b]: segment a sees all of segment b (b is a strict ancestor of a)
         self.sees = torch.zeros((4, 4), dtype=torch.bool)
         self.parents: list[tuple[int, ...]] = [()]
-        self.sealed: set[int] = set()  # forked or joined segments take no more tokens
+        # segments with children; they take more tokens only while no descendant has any
+        self.sealed: set[int] = set()
 
     @property
     def num_segments(self) -> int:
@@ -159,8 +160,8 @@ class TokenGraph:
         n = positions.numel()
         if self.slot is None:
             raise RuntimeError("append to a freed token graph")
-        if self.sealed and bool(torch.isin(segments, torch.tensor(sorted(self.sealed))).any()):
-            raise ValueError("cannot append to a segment that was forked or joined")
+        if self.sealed:
+            self._check_parent_append(segments)
         if int(segments.max()) >= self.num_segments or int(segments.min()) < 0:
             raise ValueError("append to a segment that does not exist")
         start = self.length
@@ -173,6 +174,22 @@ class TokenGraph:
         self.seg[start : start + n] = segments
         self.length = start + n
         return start
+
+    def _check_parent_append(self, segments: torch.Tensor) -> None:
+        """A forked segment may still grow, e.g. pending tokens appended in the same pass as a
+        draft tree under them, but only before any descendant token exists: a descendant sees
+        all of its ancestors, so later growth would change what already-computed tokens see."""
+        for s in set(segments.tolist()) & self.sealed:
+            descendants = self.sees[: self.num_segments, s].nonzero().flatten()
+            if bool(torch.isin(self.seg[: self.length], descendants).any()):
+                raise ValueError(
+                    f"cannot append to segment {s}: it was forked or joined and its branches "
+                    "already hold tokens"
+                )
+            rows = (segments == s).nonzero().flatten()
+            later = torch.isin(segments, descendants).nonzero().flatten()
+            if later.numel() and int(rows.max()) > int(later.min()):
+                raise ValueError(f"tokens of segment {s} must precede those of its branches")
 
     def truncate(self, length: int) -> None:
         """Roll back to the first `length` rows."""
@@ -192,6 +209,17 @@ class TokenGraph:
         self.pos[:n] = self.pos[rows].clone()
         self.seg[:n] = self.seg[rows].clone()
         self.length = n
+
+    def linearize(self) -> None:
+        """Forget the segment structure: every row joins the root segment, in row order.
+
+        Only valid when the rows form one causal chain, e.g. after `keep` of a root-to-leaf path
+        of a draft tree; the graph is then as if the path had been appended plainly.
+        """
+        self.seg[: self.length] = ROOT
+        self.parents = [()]
+        self.sealed = set()
+        self.sees.zero_()
 
     def free(self) -> None:
         self.pool.release(self)

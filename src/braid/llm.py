@@ -11,7 +11,7 @@ import torch
 from braid.engine.engine import Engine
 from braid.engine.request import RequestOutput
 from braid.errors import InvalidRequestError, ModelLoadError
-from braid.methods import make_method
+from braid.methods import DRAFT_METHODS, METHODS, make_method
 from braid.model.loader import load_model
 from braid.model.tokenizer import Tokenizer
 from braid.model.transformer import Transformer
@@ -77,11 +77,20 @@ class LLM:
             self._draft = draft
         return self._draft
 
-    def _engine(self, method: str, gamma: int = 4) -> Engine:
-        if gamma < 1:
-            raise InvalidRequestError(f"gamma must be >= 1, got {gamma}")
-        draft = self.draft_model() if method in ("spec", "block") else None
-        return Engine(self.model, self.tokenizer, make_method(method, draft, gamma), self.max_batch)
+    def _engine(self, method: str, gamma: int = 4, beams: int = 4, tau: float = 0.5) -> Engine:
+        if gamma < 1 or beams < 1 or not tau > 0:
+            raise InvalidRequestError(
+                f"need gamma >= 1, beams >= 1 and tau > 0; got {gamma}, {beams}, {tau}"
+            )
+        if method not in METHODS:
+            raise InvalidRequestError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+        draft = self.draft_model() if method in DRAFT_METHODS else None
+        return Engine(
+            self.model,
+            self.tokenizer,
+            make_method(method, draft, gamma, beams, tau),
+            self.max_batch,
+        )
 
     def generate(
         self,
@@ -90,12 +99,16 @@ class LLM:
         method: str = "ar",
         use_tqdm: bool = False,
         gamma: int = 4,
+        beams: int = 4,
+        tau: float = 0.5,
     ) -> list[RequestOutput]:
         """Generate for every prompt (text, or a list of token ids); outputs in prompt order.
 
-        method: "ar", or "spec" / "block" (draft-model speculative decoding with token-level or
-        block verification; exact: same output distribution as "ar"). gamma: drafted tokens
-        per target pass.
+        method: "ar"; "spec" / "block": draft-model speculative decoding with token-level or
+        block verification (exact: the output distribution of "ar"); "mtad" / "mtad-tree": the
+        draft beam-samples (`beams` beams) and the target keeps the longest draft prefix whose
+        joint probability ratio exceeds `tau` (lossy by design; equal to "ar" at temperature 0).
+        gamma: drafted tokens per target pass.
         """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
@@ -106,7 +119,7 @@ class LLM:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise InvalidRequestError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
-        engine = self._engine(method, gamma)
+        engine = self._engine(method, gamma, beams, tau)
         progress = None
         if use_tqdm:
             from tqdm import tqdm
@@ -124,9 +137,11 @@ class LLM:
         params: SamplingParams | None = None,
         method: str = "ar",
         gamma: int = 4,
+        beams: int = 4,
+        tau: float = 0.5,
     ) -> Iterator[str]:
         """Yield text deltas as they are generated; never splits a multi-byte character."""
-        engine = self._engine(method, gamma)
+        engine = self._engine(method, gamma, beams, tau)
         req = engine.add_request(prompt, params or SamplingParams())
         try:
             while engine.has_unfinished:

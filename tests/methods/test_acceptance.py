@@ -145,10 +145,7 @@ def test_decide_follows_the_thresholds():
 
 
 def test_joint_threshold_keeps_the_longest_prefix_above_tau():
-    draft = torch.tensor([0, 1, 2])
-    q = torch.full((3, V), 0.5, dtype=torch.float64)
-    p = torch.full((4, V), 0.5, dtype=torch.float64)
-    p[0, 0], p[1, 1], p[2, 2] = 0.4, 0.2, 1.0  # joint ratios 0.8, 0.32, 0.64
-    assert joint_threshold(draft, q, p, tau=0.5) == 3  # the largest i, not the first failure
-    assert joint_threshold(draft, q, p, tau=0.7) == 1
-    assert joint_threshold(draft, q, p, tau=0.9) == 0
+    ratios = torch.tensor([0.8, 0.4, 2.0])  # joint ratios 0.8, 0.32, 0.64
+    assert joint_threshold(ratios, tau=0.5) == 3  # the largest i, not the first failure
+    assert joint_threshold(ratios, tau=0.7) == 1
+    assert joint_threshold(ratios, tau=0.9) == 0

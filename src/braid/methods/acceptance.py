@@ -76,11 +76,12 @@ def block(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> Plan:
     return Plan(thresholds, residuals, "last")
 
 
-def joint_threshold(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor, tau: float) -> int:
+def joint_threshold(ratios: torch.Tensor, tau: float) -> int:
     """MTAD: L = the largest i with prod_{k<=i} p(y_k)/q(y_k) > tau (0 if none).
 
-    The caller emits y_1..y_L and samples the next token from P[L]; no residual resampling.
+    `ratios` holds p(y_k)/q(y_k) per drafted token. The caller emits y_1..y_L and samples the
+    next token from P[L]; there is no residual resampling.
     """
-    joint = torch.cumprod(_draft_ratios(draft, q, p).double(), 0)
+    joint = torch.cumprod(ratios.double(), 0)
     passing = (joint > tau).nonzero()
     return int(passing[-1]) + 1 if passing.numel() else 0

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from braid.cache import KVPool
 from braid.methods import acceptance
+from braid.methods.draft import Drafter
 from braid.model.batch import Append, build_batch
 from braid.model.transformer import Transformer
 from braid.sampling import process_logits, sample
@@ -31,43 +31,18 @@ class DraftSpeculative:
         if gamma < 1:
             raise ValueError(f"gamma must be >= 1, got {gamma}")
         self.name = rule
+        self.drafter = Drafter(draft)
         self.draft = draft
         self.rule = RULES[rule]
         self.gamma = gamma
-        self.pool: KVPool | None = None
-        self.graphs: dict[int, object] = {}  # request id -> draft token graph
 
     def release(self, request: Request) -> None:
-        graph = self.graphs.pop(request.id, None)
-        if graph is not None:
-            graph.free()
-
-    def _draft_graph(self, engine: Engine, req: Request):
-        if self.pool is None:
-            limit = min(self.draft.config.max_position_embeddings, engine.max_context)
-            self.pool = self.draft.new_pool(engine.max_batch, limit)
-        if req.id not in self.graphs:
-            self.graphs[req.id] = self.pool.new_graph()
-        return self.graphs[req.id]
-
-    def _draft_probs(self, logits: torch.Tensor, reqs: list[Request], vocab: int) -> torch.Tensor:
-        """Processed draft distributions over the target's vocabulary."""
-        if logits.shape[1] > vocab:  # ids the target cannot emit must not be drafted
-            logits = logits[:, :vocab]
-        probs = process_logits(logits, [r.params for r in reqs])
-        if probs.shape[1] < vocab:
-            probs = torch.nn.functional.pad(probs, (0, vocab - probs.shape[1]))
-        return probs
+        self.drafter.release(request)
 
     def step(self, engine: Engine, requests: list[Request]) -> None:
         vocab = engine.model.config.vocab_size
-        graphs = {r.id: self._draft_graph(engine, r) for r in requests}
-        # γ per request: no more than it may still emit, nor than the context holds
-        gammas = {
-            r.id: max(0, min(self.gamma, r.remaining - 1, engine.max_context - r.num_tokens,
-                             self.pool.max_capacity - r.num_tokens + 1))
-            for r in requests
-        }  # fmt: skip
+        graphs = {r.id: self.drafter.graph(engine, r) for r in requests}
+        gammas = {r.id: self.drafter.budget(engine, r, self.gamma) for r in requests}
         drafts: dict[int, list[int]] = {r.id: [] for r in requests}
         q_rows: dict[int, list[torch.Tensor]] = {r.id: [] for r in requests}
         caught_up: dict[int, int] = {}  # draft rows valid before this step's own proposals
@@ -88,7 +63,7 @@ class DraftSpeculative:
                 last.append(n - 1)
             logits, _ = self.draft.forward(build_batch(appends, self.draft.windows),
                                            torch.tensor(last))  # fmt: skip
-            probs = self._draft_probs(logits, active, vocab)
+            probs = self.drafter.probs(logits, active, vocab)
             for r, q in zip(active, probs):
                 drafts[r.id].append(sample(q, r.generator) if not r.params.greedy
                                     else int(q.argmax()))  # fmt: skip

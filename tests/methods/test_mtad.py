@@ -1,0 +1,74 @@
+"""MTAD: beam-sampled drafts, joint verification (chain and tree), and what it promises."""
+
+import shutil
+
+import pytest
+import torch
+from helpers import hf_model
+from test_speculative import exact_two_token_distribution
+
+from braid import LLM, SamplingParams
+from braid.methods.mtad import draw_distinct
+
+PROMPTS = ["The quick brown fox", "def", "Ünïcödé façade, naïve", "x", "emoji 🙂🚀"]
+
+
+@pytest.fixture(scope="module")
+def noisy_draft(llama_dir, tmp_path_factory):
+    """The target with noisy weights: partial agreement under greedy decoding."""
+    d = tmp_path_factory.mktemp("noisy") / "draft"
+    model = hf_model(llama_dir)
+    gen = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.035)
+    model.save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(llama_dir / f, d / f)
+    return d
+
+
+@pytest.mark.parametrize("method", ["mtad", "mtad-tree"])
+@pytest.mark.parametrize("gamma", [1, 4])
+def test_greedy_equals_ar_with_continuous_batching(llama_dir, noisy_draft, method, gamma):
+    llm = LLM(llama_dir, dtype="fp32", draft=noisy_draft, max_batch=2)
+    params = [
+        SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (9, 40, 3, 25, 17)
+    ]
+    ar = llm.generate(PROMPTS, params)
+    out = llm.generate(PROMPTS, params, method=method, gamma=gamma, beams=3)
+    assert [o.token_ids for o in out] == [a.token_ids for a in ar]
+    proposed = sum(o.stats.draft_tokens for o in out)
+    accepted = sum(o.stats.accepted_tokens for o in out)
+    assert 0 < accepted < proposed
+
+
+def test_draws_are_distinct_and_follow_the_weights():
+    weights = torch.tensor([0.5, 0.0, 0.3, 0.2], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    firsts = torch.zeros(4)
+    for _ in range(4000):
+        picks = draw_distinct(weights, 3, gen)
+        assert len(set(picks.tolist())) == 3 and 1 not in picks.tolist()
+        firsts[picks[0]] += 1
+    assert torch.allclose(firsts / 4000, weights.float(), atol=0.03)
+    assert draw_distinct(torch.tensor([0.0, 1.0]), 4, gen).tolist() == [1]
+
+
+@pytest.mark.parametrize("method", ["mtad", "mtad-tree"])
+def test_sampling_with_an_unreachable_threshold_is_plain_target_sampling(
+    llama_dir, noisy_draft, method
+):
+    """tau = 1e9 rejects every draft, so each token comes from the target: TV < 0.12 (800 runs)."""
+    llm = LLM(llama_dir, dtype="fp32", draft=noisy_draft, max_batch=8)
+    prompt = llm.tokenizer.encode("The quick brown")
+    exact = exact_two_token_distribution(llama_dir, prompt, top_k=4)
+    n = 800
+    params = [SamplingParams(max_tokens=2, top_k=4, seed=s, ignore_eos=True) for s in range(n)]
+    outs = llm.generate([prompt] * n, params, method=method, gamma=3, tau=1e9)
+    counts = {}
+    for o in outs:
+        counts[tuple(o.token_ids)] = counts.get(tuple(o.token_ids), 0) + 1
+    tv = 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in set(counts) | set(exact))
+    assert tv < 0.12, tv
+    assert sum(o.stats.accepted_tokens for o in outs) == 0
