@@ -41,7 +41,15 @@ def _add_generate(sub) -> None:
     _model_args(p)
     p.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
     p.add_argument("--prompts-file", help="file with one prompt per line, or .jsonl with 'prompt'")
-    p.add_argument("--method", default="ar", help="decoding method (default: ar)")
+    p.add_argument(
+        "--method",
+        default="ar",
+        choices=["ar", "spec", "block"],
+        help="ar: one token per pass; spec / block: a draft model proposes --gamma "
+        "tokens, token-level / block verification keeps them (exact)",
+    )
+    p.add_argument("--draft", help="draft model directory for spec/block (default: bundled draft)")
+    p.add_argument("--gamma", type=int, default=4, help="drafted tokens per target pass")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -96,15 +104,26 @@ def _generate(args) -> int:
         stop=args.stop,
         ignore_eos=args.ignore_eos,
     )
-    llm = LLM(args.model, dtype=args.dtype, threads=args.threads, max_batch=args.max_batch)
+    llm = LLM(
+        args.model,
+        dtype=args.dtype,
+        threads=args.threads,
+        max_batch=args.max_batch,
+        draft=args.draft,
+    )
     if len(prompts) == 1 and not args.json and not args.no_stream:
-        for delta in llm.stream(prompts[0], params, method=args.method):
+        stream = llm.stream(
+            prompts[0], params, method=args.method, gamma=args.gamma, beams=args.beams, tau=args.tau
+        )
+        for delta in stream:
             print(delta, end="", flush=True)
         print()
         if args.stats:
             print(json.dumps(llm.last_stream_output.stats.as_dict()), file=sys.stderr)
         return 0
-    outputs = llm.generate(prompts, params, method=args.method, use_tqdm=len(prompts) > 1)
+    outputs = llm.generate(
+        prompts, params, method=args.method, use_tqdm=len(prompts) > 1, gamma=args.gamma
+    )
     for out in outputs:
         if args.json:
             print(
@@ -146,6 +165,32 @@ def _info(args) -> int:
     return 0
 
 
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the models bundled with braid")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_models)
+
+
+def _models(args) -> int:
+    from braid.llm import ASSETS
+
+    found = sorted(d for d in ASSETS.glob("*") if (d / "config.json").exists())
+    if not found:
+        raise BraidError(f"no bundled models installed under {ASSETS}")
+    cards = []
+    for d in found:
+        card_file = d / "braid_card.json"
+        card = json.loads(card_file.read_text()) if card_file.exists() else {}
+        cards.append({"name": d.name, "path": str(d), **card})
+    if args.json:
+        print(json.dumps(cards, indent=2))
+        return 0
+    for card in cards:
+        facts = ", ".join(f"{k}={v}" for k, v in card.items() if k not in ("name", "path"))
+        print(f"{card['name']:<8} {card['path']}\n         {facts}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="braid", description="Faster LLM generation: several tokens per pass.")
     from braid import __version__
@@ -154,12 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_generate(sub)
     _add_info(sub)
-    for module in ("braid.bench.cli", "braid.training.train_lm", "braid.model.registry"):
-        try:
-            mod = __import__(module, fromlist=["add_parser"])
-        except ImportError:
-            continue
-        mod.add_parser(sub)
+    _add_models(sub)
+    # these modules import their heavy dependencies (transformers) only when run
+    from braid.bench.cli import add_parser as add_bench
+    from braid.training.train_lm import add_parser as add_train_lm
+
+    add_bench(sub)
+    add_train_lm(sub)
     return parser
 
 

@@ -96,3 +96,14 @@ def test_sliding_window_matches_transformers(tmp_path):
     _, rows = braid_prefill(model, PROMPTS[:1])
     with torch.no_grad():
         assert rel_err(rows[0], ref(torch.tensor([PROMPTS[0]])).logits[0]) < 1e-4
+
+
+def test_fp16_runs_and_stays_close_to_fp32(llama_dir):
+    fp32, _ = load_model(llama_dir, "fp32")
+    fp16, _ = load_model(llama_dir, "fp16")
+    assert fp16.dtype == torch.float16
+    _, ref = braid_prefill(fp32, PROMPTS)
+    _, ours = braid_prefill(fp16, PROMPTS)
+    for a, b in zip(ours, ref):
+        assert a.dtype == torch.float32  # logits are always fp32
+        assert rel_err(a, b) < 1e-2

@@ -61,12 +61,14 @@ class DraftSpeculative:
                 appends.append(Append(g, ids, range(g.length, g.length + len(ids))))
                 n += len(ids)
                 last.append(n - 1)
-            logits, _ = self.draft.forward(build_batch(appends, self.draft.windows),
-                                           torch.tensor(last))  # fmt: skip
+            logits, _ = self.draft.forward(
+                build_batch(appends, self.draft.windows), torch.tensor(last)
+            )
             probs = self.drafter.probs(logits, active, vocab)
             for r, q in zip(active, probs):
-                drafts[r.id].append(sample(q, r.generator) if not r.params.greedy
-                                    else int(q.argmax()))  # fmt: skip
+                drafts[r.id].append(
+                    sample(q, r.generator) if not r.params.greedy else int(q.argmax())
+                )
                 q_rows[r.id].append(q)
                 r.stats.draft_passes += 1
 
