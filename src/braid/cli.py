@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from braid.errors import BraidError
+from braid.methods import METHODS
 
 EXIT_USAGE = 2
 
@@ -44,12 +45,16 @@ def _add_generate(sub) -> None:
     p.add_argument(
         "--method",
         default="ar",
-        choices=["ar", "spec", "block"],
-        help="ar: one token per pass; spec / block: a draft model proposes --gamma "
-        "tokens, token-level / block verification keeps them (exact)",
+        choices=list(METHODS),
+        help="ar: one token per pass; spec / block: a draft model proposes --gamma tokens, "
+        "token-level / block verification keeps them (exact); mtad / mtad-tree: the draft "
+        "beam-samples, a joint-ratio test against --tau keeps a prefix (lossy; equal to ar "
+        "at temperature 0)",
     )
-    p.add_argument("--draft", help="draft model directory for spec/block (default: bundled draft)")
+    p.add_argument("--draft", help="draft model directory (default: the bundled draft)")
     p.add_argument("--gamma", type=int, default=4, help="drafted tokens per target pass")
+    p.add_argument("--beams", type=int, default=4, help="mtad: beams of the draft")
+    p.add_argument("--tau", type=float, default=0.5, help="mtad: joint acceptance threshold")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -122,7 +127,13 @@ def _generate(args) -> int:
             print(json.dumps(llm.last_stream_output.stats.as_dict()), file=sys.stderr)
         return 0
     outputs = llm.generate(
-        prompts, params, method=args.method, use_tqdm=len(prompts) > 1, gamma=args.gamma
+        prompts,
+        params,
+        method=args.method,
+        use_tqdm=len(prompts) > 1,
+        gamma=args.gamma,
+        beams=args.beams,
+        tau=args.tau,
     )
     for out in outputs:
         if args.json:

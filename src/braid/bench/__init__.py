@@ -1,0 +1,1 @@
+"""`braid bench`: braid's methods against `transformers` on the same weights, in one process."""

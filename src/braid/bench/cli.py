@@ -1,0 +1,103 @@
+"""`braid bench`: command-line front end of the benchmark runner."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from braid.errors import BraidError
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from braid.bench.models import CONFIGS
+
+    p = subparsers.add_parser(
+        "bench",
+        help="time braid's methods against transformers on the same weights",
+        description="Greedy generation of --new-tokens tokens from random-id prompts; every "
+        "contender runs the same weights in this process, alternating, median of --runs. "
+        "Reports tokens/s, the ratio to transformers, tokens per pass and the fraction of the "
+        "memory-bandwidth roofline.",
+    )
+    p.add_argument("--methods", default="ar", help="comma-separated braid methods (default: ar)")
+    p.add_argument("--peer", choices=["transformers", "none"], default="transformers")
+    p.add_argument("--model", action="append", default=[], help="model directory (repeatable)")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help=f"random-weight config: {', '.join(CONFIGS)}, or 'bundled' (repeatable)",
+    )
+    p.add_argument("--draft", help="draft model for the draft methods (default: bundled draft)")
+    p.add_argument("--batch", type=_int_list, default=[1, 8], help="batch sizes, e.g. 1,8")
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument(
+        "--cache-dir",
+        default=str(Path.home() / ".cache" / "braid" / "bench"),
+        help="where random-weight checkpoints are written once",
+    )
+    p.add_argument("--out", help="write the table here (.md) and the data beside it (.json)")
+    p.set_defaults(func=_bench)
+    return p
+
+
+def _bench(args) -> int:
+    from braid.bench import report, runner
+    from braid.bench.models import CONFIGS, random_checkpoint
+    from braid.llm import bundled_model
+    from braid.methods import METHODS
+
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise BraidError(f"unknown method(s) {unknown}; available: {', '.join(METHODS)}")
+    if args.runs < 1 or args.warmup < 0 or args.new_tokens < 1 or args.prompt_len < 1:
+        raise BraidError("--runs, --new-tokens and --prompt-len must be >= 1, --warmup >= 0")
+    models: list[tuple[str, Path]] = [(Path(m).name, Path(m)) for m in args.model]
+    for name in args.config:
+        if name == "bundled":
+            models.append(("bundled-target", bundled_model("target")))
+        elif name in CONFIGS:
+            models.append((name, random_checkpoint(name, Path(args.cache_dir) / name)))
+        else:
+            raise BraidError(f"unknown --config {name!r}; choose {', '.join(CONFIGS)} or bundled")
+    if not models:
+        raise BraidError("nothing to benchmark: give --model DIR or --config NAME")
+    result = runner.run(
+        models,
+        methods,
+        peer=args.peer == "transformers",
+        batches=tuple(args.batch),
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        runs=args.runs,
+        warmup=args.warmup,
+        dtype=args.dtype,
+        threads=args.threads,
+        draft=Path(args.draft) if args.draft else None,
+    )
+    command = "braid " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(report.markdown(result, command))
+    if args.out:
+        report.write(result, Path(args.out), command)
+    return 0

@@ -1,0 +1,200 @@
+"""Time braid's methods and the `transformers` peer side by side on the same weights.
+
+Every timed call generates `new_tokens` tokens per prompt for a batch of random-id prompts
+(greedy, eos ignored), so all contenders do the same work. Calls alternate between contenders
+within each run, after warm-up, and each result is the median over runs.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from braid.bench.machine import describe, memory_bandwidth
+from braid.bench.models import streamed_weight_bytes
+from braid.llm import LLM
+from braid.methods import DRAFT_METHODS
+from braid.sampling import SamplingParams
+
+
+@dataclass
+class Row:
+    model: str
+    batch: int
+    contender: str  # a braid method, or the peer's name
+    tokens_per_s: float
+    tokens_per_pass: float = float("nan")
+    acceptance: float = float("nan")
+    vs_peer: float = float("nan")
+    vs_ar: float = float("nan")
+    roofline: float = float("nan")  # streamed bf16 weight bytes x passes/s / bandwidth
+    roofline_braid: float = float("nan")  # same with the bytes braid's kernels actually read
+    same_tokens: str = ""
+    runs: list[float] = field(default_factory=list)
+
+
+def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (batch, length), generator=gen).tolist()
+
+
+class Peer:
+    """transformers' own `generate` on the same checkpoint."""
+
+    name = "transformers"
+
+    def __init__(self, model_dir: Path, dtype: torch.dtype):
+        import transformers as tf
+
+        self.model = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+
+    def generate(self, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+        ids = torch.tensor(prompts)
+        with torch.inference_mode():
+            out = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                pad_token_id=0,
+            )
+        return out[:, ids.shape[1] :].tolist()
+
+
+def bench_model(
+    name: str,
+    model_dir: Path,
+    methods: list[str],
+    peer: bool,
+    batches: list[int],
+    prompt_len: int,
+    new_tokens: int,
+    runs: int,
+    warmup: int,
+    dtype: str,
+    bandwidth: float,
+    draft: Path | None = None,
+    progress=None,
+) -> list[Row]:
+    llm = LLM(model_dir, dtype=dtype, max_batch=max(batches), draft=draft)
+    ref = Peer(model_dir, llm.model.dtype) if peer else None
+    streamed = streamed_weight_bytes(model_dir)
+    braid_bytes = llm.model.weight_bytes()
+    rows: list[Row] = []
+    for batch in batches:
+        prompts = random_prompts(batch, prompt_len, llm.model.config.vocab_size)
+        params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+        times: dict[str, list[float]] = {m: [] for m in methods + (["peer"] if ref else [])}
+        stats, tokens = {}, {}
+        for r in range(warmup + runs):
+            for contender in times:
+                t = time.perf_counter()
+                if contender == "peer":
+                    tokens["peer"] = ref.generate(prompts, new_tokens)
+                else:
+                    outs = llm.generate(prompts, params, method=contender)
+                    tokens[contender] = [o.token_ids for o in outs]
+                    stats[contender] = [o.stats for o in outs]
+                elapsed = time.perf_counter() - t
+                if r >= warmup:
+                    times[contender].append(batch * new_tokens / elapsed)
+                if progress is not None:
+                    progress.update(1)
+        peer_tps = statistics.median(times["peer"]) if ref else float("nan")
+        ar_tps = statistics.median(times["ar"]) if "ar" in times else float("nan")
+        for contender, tps_runs in times.items():
+            tps = statistics.median(tps_runs)
+            row = Row(
+                name, batch, ref.name if contender == "peer" else contender, tps, runs=tps_runs
+            )
+            if contender == "peer":
+                row.tokens_per_pass = 1.0
+            else:
+                s = stats[contender]
+                passes = sum(x.passes for x in s) / batch  # batched passes per request
+                row.tokens_per_pass = new_tokens / passes
+                proposed = sum(x.draft_tokens for x in s)
+                if proposed:
+                    row.acceptance = sum(x.accepted_tokens for x in s) / proposed
+                row.vs_peer = tps / peer_tps
+                row.vs_ar = tps / ar_tps
+                if ref:
+                    same = sum(a == b for a, b in zip(tokens[contender], tokens["peer"]))
+                    row.same_tokens = f"{same}/{batch}"
+            passes_per_s = tps / batch / row.tokens_per_pass
+            row.roofline = streamed * passes_per_s / bandwidth
+            if contender != "peer":
+                row.roofline_braid = braid_bytes * passes_per_s / bandwidth
+            rows.append(row)
+    return rows
+
+
+def run(
+    models: list[tuple[str, Path]],
+    methods: list[str],
+    peer: bool = True,
+    batches: tuple[int, ...] = (1, 8),
+    prompt_len: int = 64,
+    new_tokens: int = 256,
+    runs: int = 3,
+    warmup: int = 1,
+    dtype: str = "bf16",
+    threads: int | None = None,
+    draft: Path | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Benchmark every model; returns {"machine", "bandwidth", "settings", "rows"}."""
+    import os
+
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    bandwidth = memory_bandwidth()
+    contenders = len(methods) + (1 if peer else 0)
+    progress = None
+    if show_progress:
+        from tqdm import tqdm
+
+        total = len(models) * len(batches) * (warmup + runs) * contenders
+        progress = tqdm(total=total, desc="bench", unit="call")
+    rows = []
+    try:
+        for name, model_dir in models:
+            needs_draft = any(m in DRAFT_METHODS for m in methods)
+            rows += bench_model(
+                name,
+                model_dir,
+                methods,
+                peer,
+                list(batches),
+                prompt_len,
+                new_tokens,
+                runs,
+                warmup,
+                dtype,
+                bandwidth,
+                draft if needs_draft else None,
+                progress,
+            )
+    finally:
+        if progress is not None:
+            progress.close()
+    return {
+        "machine": describe(threads),
+        "bandwidth_gb_s": bandwidth / 1e9,
+        "settings": dict(
+            batches=list(batches),
+            prompt_len=prompt_len,
+            new_tokens=new_tokens,
+            runs=runs,
+            warmup=warmup,
+            dtype=dtype,
+            methods=methods,
+            peer="transformers" if peer else "none",
+        ),
+        "rows": [vars(r) for r in rows],
+    }
