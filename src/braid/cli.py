@@ -192,13 +192,19 @@ def _models(args) -> int:
     for d in found:
         card_file = d / "braid_card.json"
         card = json.loads(card_file.read_text()) if card_file.exists() else {}
-        cards.append({"name": d.name, "path": str(d), **card})
+        size = sum(f.stat().st_size for f in d.glob("*.safetensors"))
+        cards.append({"model": d.name, "path": str(d), "weights_mb": round(size / 1e6, 1), **card})
     if args.json:
         print(json.dumps(cards, indent=2))
         return 0
-    for card in cards:
-        facts = ", ".join(f"{k}={v}" for k, v in card.items() if k not in ("name", "path"))
-        print(f"{card['name']:<8} {card['path']}\n         {facts}")
+    print(f"{'model':<8} {'name':<18} {'params':>8} {'val ppl':>8} {'MB':>6}  path")
+    for c in cards:
+        params = f"{c['parameters'] / 1e6:.1f}M" if "parameters" in c else "?"
+        print(
+            f"{c['model']:<8} {c.get('name', '?'):<18} {params:>8} {c.get('val_ppl', '?'):>8} "
+            f"{c['weights_mb']:>6}  {c['path']}"
+        )
+    print("(braid models --json for the full model cards)")
     return 0
 
 
