@@ -1,0 +1,1 @@
+"""Small-LM training on offline corpora: corpus, tokenizer, `braid train-lm`."""

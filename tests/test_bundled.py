@@ -1,0 +1,67 @@
+"""The models shipped inside the package: loadable by braid and transformers alike, default."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from braid import LLM, SamplingParams
+from braid.llm import bundled_model
+from braid.model import load_model
+from braid.model.batch import Append, build_batch
+
+PROMPT = "import os\n\n\ndef main():\n"
+
+
+@pytest.mark.parametrize("name", ["target", "draft"])
+def test_bundled_model_logits_match_transformers(name):
+    import transformers as tf
+
+    path = bundled_model(name)
+    ref = tf.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = tf.AutoTokenizer.from_pretrained(path)
+    model, _ = load_model(path, "fp32")
+    ids = tok(PROMPT)["input_ids"]
+    pool = model.new_pool(1)
+    logits, _ = model.forward(build_batch([Append(pool.new_graph(), ids, range(len(ids)))]))
+    with torch.no_grad():
+        expected = ref(torch.tensor([ids])).logits[0]
+    assert float((logits - expected).abs().max() / expected.abs().max()) < 1e-4
+    # braid's tokenizer (the `tokenizers` library) agrees with transformers' on the same files
+    assert LLM(path, dtype="fp32").tokenizer.encode(PROMPT) == ids
+
+
+def test_default_model_is_the_bundled_target_and_seeded_generation_is_deterministic():
+    llm = LLM()
+    assert llm.model_dir == bundled_model("target")
+    params = SamplingParams(max_tokens=32, temperature=0.8, seed=7)
+    first = llm.generate(PROMPT, params)[0]
+    again = LLM().generate(PROMPT, params)[0]
+    assert first.token_ids == again.token_ids and first.text == again.text
+    assert len(first.token_ids) > 0
+
+
+def test_draft_and_target_share_the_tokenizer():
+    a = json.loads((bundled_model("target") / "tokenizer.json").read_text())["model"]["vocab"]
+    b = json.loads((bundled_model("draft") / "tokenizer.json").read_text())["model"]["vocab"]
+    assert a == b
+
+
+def test_models_command_lists_both_with_their_cards():
+    r = subprocess.run(
+        [sys.executable, "-m", "braid.cli", "models", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    cards = {c["model"]: c for c in json.loads(r.stdout)}
+    assert set(cards) >= {"target", "draft"}
+    from braid.model.info import describe
+
+    for card in cards.values():  # the card's numbers describe the weights that ship
+        assert card["parameters"] == describe(card["path"])["parameters"]
+        assert card["val_ppl"] > 1
+    assert cards["target"]["parameters"] > 5 * cards["draft"]["parameters"]
