@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +95,7 @@ def _bench(args) -> int:
         threads=args.threads,
         draft=Path(args.draft) if args.draft else None,
     )
-    command = "braid " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "braid " + " ".join(shlex.quote(a) for a in args.argv)
     print(report.markdown(result, command))
     if args.out:
         report.write(result, Path(args.out), command)
