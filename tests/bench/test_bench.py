@@ -11,7 +11,7 @@ def test_runner_reports_every_contender_and_agrees_with_transformers(tmp_path):
     result = runner.run(
         [("tiny", d)],
         ["ar"],
-        peer=True,
+        peer="transformers",
         batches=(1, 3),
         prompt_len=8,
         new_tokens=6,
@@ -48,3 +48,29 @@ def test_streamed_bytes_count_the_head_once_and_skip_the_embedding_gather(tmp_pa
     model = tf.AutoModelForCausalLM.from_pretrained(d)
     params = sum(p.numel() for p in model.parameters())  # tied: embedding == head, once
     assert streamed_weight_bytes(d) == 2 * params
+
+
+def test_assisted_peer_runs_at_batch_1_and_agrees_with_spec(tmp_path):
+    target = random_checkpoint("tiny", tmp_path / "tiny")
+    draft = random_checkpoint("tiny", tmp_path / "tiny-draft", seed=1)
+    result = runner.run(
+        [("tiny", target)],
+        ["ar", "spec"],
+        peer="transformers-assisted",
+        batches=(1, 2),
+        prompt_len=8,
+        new_tokens=6,
+        runs=1,
+        warmup=0,
+        dtype="fp32",
+        threads=1,
+        draft=draft,
+        show_progress=False,
+        gamma=3,
+    )
+    rows = [(r["batch"], r["contender"]) for r in result["rows"]]
+    # transformers' assisted generation is batch-1 only, so it is absent at batch 2
+    assert rows == [(1, "ar"), (1, "spec"), (1, "transformers-assisted"), (2, "ar"), (2, "spec")]
+    spec = result["rows"][1]
+    assert spec["same_tokens"] == "1/1"  # both exact greedy: identical tokens
+    assert result["settings"]["peer"] == "transformers-assisted"

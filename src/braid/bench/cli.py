@@ -34,7 +34,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "memory-bandwidth roofline.",
     )
     p.add_argument("--methods", default="ar", help="comma-separated braid methods (default: ar)")
-    p.add_argument("--peer", choices=["transformers", "none"], default="transformers")
+    p.add_argument(
+        "--peer",
+        choices=["transformers", "transformers-assisted", "none"],
+        default="transformers",
+        help="transformers: its generate(); transformers-assisted: generate(assistant_"
+        "model=the draft) with --gamma drafted tokens (batch 1 only); none",
+    )
+    p.add_argument("--gamma", type=int, default=4, help="drafted tokens per target pass")
     p.add_argument("--model", action="append", default=[], help="model directory (repeatable)")
     p.add_argument(
         "--config",
@@ -85,7 +92,8 @@ def _bench(args) -> int:
     result = runner.run(
         models,
         methods,
-        peer=args.peer == "transformers",
+        peer=args.peer,
+        gamma=args.gamma,
         batches=tuple(args.batch),
         prompt_len=args.prompt_len,
         new_tokens=args.new_tokens,

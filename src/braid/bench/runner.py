@@ -16,8 +16,7 @@ import torch
 
 from braid.bench.machine import describe, memory_bandwidth
 from braid.bench.models import streamed_weight_bytes
-from braid.llm import LLM
-from braid.methods import DRAFT_METHODS
+from braid.llm import LLM, bundled_model
 from braid.sampling import SamplingParams
 
 
@@ -42,18 +41,36 @@ def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[l
     return torch.randint(3, vocab, (batch, length), generator=gen).tolist()
 
 
+PEERS = ("transformers", "transformers-assisted", "none")
+
+
 class Peer:
-    """transformers' own `generate` on the same checkpoint."""
+    """transformers' own `generate` on the same checkpoint, optionally with its assisted
+    generation (`assistant_model`) on the same draft. For a fair comparison the assistant drafts
+    a fixed `gamma` tokens (constant schedule) and its confidence early-exit is off."""
 
-    name = "transformers"
-
-    def __init__(self, model_dir: Path, dtype: torch.dtype):
+    def __init__(
+        self, model_dir: Path, dtype: torch.dtype, draft: Path | None = None, gamma: int = 4
+    ):
         import transformers as tf
 
         self.model = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+        self.assistant = None
+        self.name = "transformers"
+        if draft is not None:
+            self.name = "transformers-assisted"
+            self.assistant = tf.AutoModelForCausalLM.from_pretrained(draft, dtype=dtype).eval()
+            config = self.assistant.generation_config
+            config.num_assistant_tokens = gamma
+            config.num_assistant_tokens_schedule = "constant"
+            config.assistant_confidence_threshold = 0.0
+
+    def supports(self, batch: int) -> bool:
+        return self.assistant is None or batch == 1  # assisted generation is batch-1 only
 
     def generate(self, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
         ids = torch.tensor(prompts)
+        extra = {"assistant_model": self.assistant} if self.assistant is not None else {}
         with torch.inference_mode():
             out = self.model.generate(
                 ids,
@@ -62,6 +79,7 @@ class Peer:
                 min_new_tokens=new_tokens,
                 do_sample=False,
                 pad_token_id=0,
+                **extra,
             )
         return out[:, ids.shape[1] :].tolist()
 
@@ -70,7 +88,7 @@ def bench_model(
     name: str,
     model_dir: Path,
     methods: list[str],
-    peer: bool,
+    peer: str,
     batches: list[int],
     prompt_len: int,
     new_tokens: int,
@@ -80,16 +98,23 @@ def bench_model(
     bandwidth: float,
     draft: Path | None = None,
     progress=None,
+    gamma: int = 4,
 ) -> list[Row]:
     llm = LLM(model_dir, dtype=dtype, max_batch=max(batches), draft=draft)
-    ref = Peer(model_dir, llm.model.dtype) if peer else None
+    ref = None
+    if peer != "none":
+        assistant = None
+        if peer == "transformers-assisted":
+            assistant = draft if draft is not None else bundled_model("draft")
+        ref = Peer(model_dir, llm.model.dtype, assistant, gamma)
     streamed = streamed_weight_bytes(model_dir)
     braid_bytes = llm.model.weight_bytes()
     rows: list[Row] = []
     for batch in batches:
         prompts = random_prompts(batch, prompt_len, llm.model.config.vocab_size)
         params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
-        times: dict[str, list[float]] = {m: [] for m in methods + (["peer"] if ref else [])}
+        with_peer = ref is not None and ref.supports(batch)
+        times: dict[str, list[float]] = {m: [] for m in methods + (["peer"] if with_peer else [])}
         stats, tokens = {}, {}
         for r in range(warmup + runs):
             for contender in times:
@@ -97,7 +122,7 @@ def bench_model(
                 if contender == "peer":
                     tokens["peer"] = ref.generate(prompts, new_tokens)
                 else:
-                    outs = llm.generate(prompts, params, method=contender)
+                    outs = llm.generate(prompts, params, method=contender, gamma=gamma)
                     tokens[contender] = [o.token_ids for o in outs]
                     stats[contender] = [o.stats for o in outs]
                 elapsed = time.perf_counter() - t
@@ -105,7 +130,7 @@ def bench_model(
                     times[contender].append(batch * new_tokens / elapsed)
                 if progress is not None:
                     progress.update(1)
-        peer_tps = statistics.median(times["peer"]) if ref else float("nan")
+        peer_tps = statistics.median(times["peer"]) if with_peer else float("nan")
         ar_tps = statistics.median(times["ar"]) if "ar" in times else float("nan")
         for contender, tps_runs in times.items():
             tps = statistics.median(tps_runs)
@@ -113,7 +138,7 @@ def bench_model(
                 name, batch, ref.name if contender == "peer" else contender, tps, runs=tps_runs
             )
             if contender == "peer":
-                row.tokens_per_pass = 1.0
+                row.tokens_per_pass = 1.0 if ref.assistant is None else float("nan")
             else:
                 s = stats[contender]
                 passes = sum(x.passes for x in s) / batch  # batched passes per request
@@ -123,10 +148,10 @@ def bench_model(
                     row.acceptance = sum(x.accepted_tokens for x in s) / proposed
                 row.vs_peer = tps / peer_tps
                 row.vs_ar = tps / ar_tps
-                if ref:
+                if with_peer:
                     same = sum(a == b for a, b in zip(tokens[contender], tokens["peer"]))
                     row.same_tokens = f"{same}/{batch}"
-            passes_per_s = tps / batch / row.tokens_per_pass
+            passes_per_s = tps / batch / row.tokens_per_pass  # nan when passes are unknown
             row.roofline = streamed * passes_per_s / bandwidth
             if contender != "peer":
                 row.roofline_braid = braid_bytes * passes_per_s / bandwidth
@@ -137,7 +162,7 @@ def bench_model(
 def run(
     models: list[tuple[str, Path]],
     methods: list[str],
-    peer: bool = True,
+    peer: str = "transformers",
     batches: tuple[int, ...] = (1, 8),
     prompt_len: int = 64,
     new_tokens: int = 256,
@@ -147,6 +172,7 @@ def run(
     threads: int | None = None,
     draft: Path | None = None,
     show_progress: bool = True,
+    gamma: int = 4,
 ) -> dict:
     """Benchmark every model; returns {"machine", "bandwidth", "settings", "rows"}."""
     import os
@@ -154,17 +180,18 @@ def run(
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     bandwidth = memory_bandwidth()
-    contenders = len(methods) + (1 if peer else 0)
+    if peer not in PEERS:
+        raise ValueError(f"peer must be one of {PEERS}")
     progress = None
     if show_progress:
         from tqdm import tqdm
 
-        total = len(models) * len(batches) * (warmup + runs) * contenders
+        peer_calls = sum(peer == "transformers" or (peer != "none" and b == 1) for b in batches)
+        total = len(models) * (warmup + runs) * (len(batches) * len(methods) + peer_calls)
         progress = tqdm(total=total, desc="bench", unit="call")
     rows = []
     try:
         for name, model_dir in models:
-            needs_draft = any(m in DRAFT_METHODS for m in methods)
             rows += bench_model(
                 name,
                 model_dir,
@@ -177,8 +204,9 @@ def run(
                 warmup,
                 dtype,
                 bandwidth,
-                draft if needs_draft else None,
+                draft,
                 progress,
+                gamma,
             )
     finally:
         if progress is not None:
@@ -194,7 +222,8 @@ def run(
             warmup=warmup,
             dtype=dtype,
             methods=methods,
-            peer="transformers" if peer else "none",
+            peer=peer,
+            gamma=gamma,
         ),
         "rows": [vars(r) for r in rows],
     }
