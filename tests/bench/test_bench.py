@@ -37,7 +37,7 @@ def test_runner_reports_every_contender_and_agrees_with_transformers(tmp_path):
     out = tmp_path / "r.md"
     report.write(result, out, "braid bench --config tiny")
     table = out.read_text()
-    assert "| tiny | 3 | ar |" in table and "GB/s" in table
+    assert "| tiny | 3 | random | ar |" in table and "GB/s" in table
     assert json.loads(out.with_suffix(".json").read_text())["settings"]["new_tokens"] == 6
 
 
@@ -74,3 +74,46 @@ def test_assisted_peer_runs_at_batch_1_and_agrees_with_spec(tmp_path):
     spec = result["rows"][1]
     assert spec["same_tokens"] == "1/1"  # both exact greedy: identical tokens
     assert result["settings"]["peer"] == "transformers-assisted"
+
+
+def test_text_prompt_groups_get_a_row_each_and_ragged_batches_agree(tmp_path):
+    d = random_checkpoint("tiny", tmp_path / "tiny")
+    texts = {"short": ["t5 t6 t7", "t9", "t40 t41"], "long": ["t1 t2 t3 t4 t5 t6 t7 t8"]}
+    result = runner.run(
+        [("tiny", d)],
+        ["ar"],
+        batches=(2,),
+        new_tokens=5,
+        runs=1,
+        warmup=0,
+        dtype="fp32",
+        threads=1,
+        show_progress=False,
+        texts=texts,
+    )
+    rows = [(r["prompts"], r["contender"], r["same_tokens"]) for r in result["rows"]]
+    assert rows == [
+        ("short", "ar", "3/3"),
+        ("short", "transformers", ""),
+        ("long", "ar", "1/1"),
+        ("long", "transformers", ""),
+    ]
+
+
+def test_specbench_first_turns_are_grouped_by_subtask():
+    from braid.bench.prompts import SPECBENCH, specbench
+
+    if not SPECBENCH.exists():  # the shared data sits beside the repository in this workspace
+        import pytest
+
+        pytest.fail(f"Spec-Bench prompts missing at {SPECBENCH}")
+    groups = specbench(None, per_category=100)
+    assert set(groups) == {
+        "multi_turn",
+        "translation",
+        "summarization",
+        "qa",
+        "math_reasoning",
+        "rag",
+    }
+    assert all(len(v) == 80 for v in groups.values())

@@ -51,7 +51,26 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--draft", help="draft model for the draft methods (default: bundled draft)")
     p.add_argument("--batch", type=_int_list, default=[1, 8], help="batch sizes, e.g. 1,8")
-    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument(
+        "--prompts",
+        default="random",
+        help="random (token ids, --prompt-len long), specbench (first turns of "
+        "Spec-Bench, one table row per subtask) or a file (one prompt per line, or "
+        ".jsonl with 'prompt')",
+    )
+    p.add_argument(
+        "--prompt-count",
+        type=int,
+        default=8,
+        help="prompts per subtask or file (text prompts only)",
+    )
+    p.add_argument("--specbench", help="path of Spec-Bench's question.jsonl (default: shared data)")
+    p.add_argument(
+        "--prompt-len",
+        type=int,
+        default=64,
+        help="random prompts: their length; text prompts: keep the last N tokens",
+    )
     p.add_argument("--new-tokens", type=int, default=256)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -68,7 +87,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _bench(args) -> int:
-    from braid.bench import report, runner
+    from braid.bench import prompts, report, runner
     from braid.bench.models import CONFIGS, random_checkpoint
     from braid.llm import bundled_model
     from braid.methods import METHODS
@@ -89,11 +108,19 @@ def _bench(args) -> int:
             raise BraidError(f"unknown --config {name!r}; choose {', '.join(CONFIGS)} or bundled")
     if not models:
         raise BraidError("nothing to benchmark: give --model DIR or --config NAME")
+    texts = None
+    if args.prompts == "specbench":
+        texts = prompts.specbench(args.specbench, args.prompt_count)
+    elif args.prompts != "random":
+        if not Path(args.prompts).is_file():
+            raise BraidError(f"--prompts: {args.prompts!r} is not random, specbench or a file")
+        texts = prompts.text_file(Path(args.prompts), args.prompt_count)
     result = runner.run(
         models,
         methods,
         peer=args.peer,
         gamma=args.gamma,
+        texts=texts,
         batches=tuple(args.batch),
         prompt_len=args.prompt_len,
         new_tokens=args.new_tokens,

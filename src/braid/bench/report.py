@@ -9,6 +9,7 @@ from pathlib import Path
 COLUMNS = [
     ("model", "model", "{}"),
     ("batch", "batch", "{}"),
+    ("prompts", "prompts", "{}"),
     ("contender", "contender", "{}"),
     ("tokens_per_s", "tok/s", "{:.1f}"),
     ("vs_peer", "× transformers", "{:.2f}"),

@@ -7,6 +7,7 @@ within each run, after warm-up, and each result is the median over runs.
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import torch
 
 from braid.bench.machine import describe, memory_bandwidth
 from braid.bench.models import streamed_weight_bytes
+from braid.bench.prompts import encode
 from braid.llm import LLM, bundled_model
 from braid.sampling import SamplingParams
 
@@ -26,6 +28,7 @@ class Row:
     batch: int
     contender: str  # a braid method, or the peer's name
     tokens_per_s: float
+    prompts: str = "random"  # the prompt set (a Spec-Bench subtask, a file, or random ids)
     tokens_per_pass: float = float("nan")
     acceptance: float = float("nan")
     vs_peer: float = float("nan")
@@ -68,20 +71,27 @@ class Peer:
     def supports(self, batch: int) -> bool:
         return self.assistant is None or batch == 1  # assisted generation is batch-1 only
 
-    def generate(self, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
-        ids = torch.tensor(prompts)
+    def generate(self, prompts: list[list[int]], new_tokens: int, batch: int) -> list[list[int]]:
+        """Greedy continuations, `batch` prompts per call (left-padded when ragged)."""
         extra = {"assistant_model": self.assistant} if self.assistant is not None else {}
-        with torch.inference_mode():
-            out = self.model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                pad_token_id=0,
-                **extra,
-            )
-        return out[:, ids.shape[1] :].tolist()
+        out: list[list[int]] = []
+        for i in range(0, len(prompts), batch):
+            chunk = prompts[i : i + batch]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            with torch.inference_mode():
+                gen = self.model.generate(
+                    ids,
+                    attention_mask=mask,
+                    max_new_tokens=new_tokens,
+                    min_new_tokens=new_tokens,
+                    do_sample=False,
+                    pad_token_id=0,
+                    **extra,
+                )
+            out += gen[:, width:].tolist()
+        return out
 
 
 def bench_model(
@@ -99,6 +109,7 @@ def bench_model(
     draft: Path | None = None,
     progress=None,
     gamma: int = 4,
+    texts: dict[str, list[str]] | None = None,
 ) -> list[Row]:
     llm = LLM(model_dir, dtype=dtype, max_batch=max(batches), draft=draft)
     ref = None
@@ -109,53 +120,99 @@ def bench_model(
         ref = Peer(model_dir, llm.model.dtype, assistant, gamma)
     streamed = streamed_weight_bytes(model_dir)
     braid_bytes = llm.model.weight_bytes()
+    if texts is None:  # random ids: one batch of `batch` prompts per timed call
+        sets = {
+            b: {"random": random_prompts(b, prompt_len, llm.model.config.vocab_size)}
+            for b in batches
+        }
+    else:
+        encoded = encode(texts, llm.tokenizer, prompt_len)
+        sets = {b: encoded for b in batches}
     rows: list[Row] = []
     for batch in batches:
-        prompts = random_prompts(batch, prompt_len, llm.model.config.vocab_size)
-        params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+        llm.max_batch = batch  # continuous batching with `batch` requests at a time
         with_peer = ref is not None and ref.supports(batch)
-        times: dict[str, list[float]] = {m: [] for m in methods + (["peer"] if with_peer else [])}
-        stats, tokens = {}, {}
-        for r in range(warmup + runs):
-            for contender in times:
-                t = time.perf_counter()
-                if contender == "peer":
-                    tokens["peer"] = ref.generate(prompts, new_tokens)
-                else:
-                    outs = llm.generate(prompts, params, method=contender, gamma=gamma)
-                    tokens[contender] = [o.token_ids for o in outs]
-                    stats[contender] = [o.stats for o in outs]
-                elapsed = time.perf_counter() - t
-                if r >= warmup:
-                    times[contender].append(batch * new_tokens / elapsed)
-                if progress is not None:
-                    progress.update(1)
-        peer_tps = statistics.median(times["peer"]) if with_peer else float("nan")
-        ar_tps = statistics.median(times["ar"]) if "ar" in times else float("nan")
-        for contender, tps_runs in times.items():
-            tps = statistics.median(tps_runs)
-            row = Row(
-                name, batch, ref.name if contender == "peer" else contender, tps, runs=tps_runs
+        for group, prompts in sets[batch].items():
+            rows += _time_group(
+                llm,
+                ref if with_peer else None,
+                name,
+                batch,
+                group,
+                prompts,
+                methods,
+                new_tokens,
+                runs,
+                warmup,
+                gamma,
+                progress,
+                streamed,
+                braid_bytes,
+                bandwidth,
             )
+    return rows
+
+
+def _time_group(
+    llm,
+    ref,
+    name,
+    batch,
+    group,
+    prompts,
+    methods,
+    new_tokens,
+    runs,
+    warmup,
+    gamma,
+    progress,
+    streamed,
+    braid_bytes,
+    bandwidth,
+) -> list[Row]:
+    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    times: dict[str, list[float]] = {m: [] for m in methods + (["peer"] if ref else [])}
+    stats, tokens = {}, {}
+    total = len(prompts) * new_tokens
+    for r in range(warmup + runs):
+        for contender in times:
+            t = time.perf_counter()
             if contender == "peer":
-                row.tokens_per_pass = 1.0 if ref.assistant is None else float("nan")
+                tokens["peer"] = ref.generate(prompts, new_tokens, batch)
             else:
-                s = stats[contender]
-                passes = sum(x.passes for x in s) / batch  # batched passes per request
-                row.tokens_per_pass = new_tokens / passes
-                proposed = sum(x.draft_tokens for x in s)
-                if proposed:
-                    row.acceptance = sum(x.accepted_tokens for x in s) / proposed
-                row.vs_peer = tps / peer_tps
-                row.vs_ar = tps / ar_tps
-                if with_peer:
-                    same = sum(a == b for a, b in zip(tokens[contender], tokens["peer"]))
-                    row.same_tokens = f"{same}/{batch}"
-            passes_per_s = tps / batch / row.tokens_per_pass  # nan when passes are unknown
-            row.roofline = streamed * passes_per_s / bandwidth
-            if contender != "peer":
-                row.roofline_braid = braid_bytes * passes_per_s / bandwidth
-            rows.append(row)
+                outs = llm.generate(prompts, params, method=contender, gamma=gamma)
+                tokens[contender] = [o.token_ids for o in outs]
+                stats[contender] = [o.stats for o in outs]
+            elapsed = time.perf_counter() - t
+            if r >= warmup:
+                times[contender].append(total / elapsed)
+            if progress is not None:
+                progress.update(1)
+    peer_tps = statistics.median(times["peer"]) if ref else float("nan")
+    ar_tps = statistics.median(times["ar"]) if "ar" in times else float("nan")
+    rows = []
+    for contender, tps_runs in times.items():
+        tps = statistics.median(tps_runs)
+        label = ref.name if contender == "peer" else contender
+        row = Row(name, batch, label, tps, prompts=group, runs=tps_runs)
+        if contender == "peer":
+            row.tokens_per_pass = 1.0 if ref.assistant is None else float("nan")
+        else:
+            s = stats[contender]
+            row.tokens_per_pass = total / sum(x.passes for x in s)
+            proposed = sum(x.draft_tokens for x in s)
+            if proposed:
+                row.acceptance = sum(x.accepted_tokens for x in s) / proposed
+            row.vs_peer = tps / peer_tps
+            row.vs_ar = tps / ar_tps
+            if ref:
+                same = sum(a == b for a, b in zip(tokens[contender], tokens["peer"]))
+                row.same_tokens = f"{same}/{len(prompts)}"
+        passes_per_s = tps / batch / row.tokens_per_pass  # approximate; nan when unknown
+        row.roofline = streamed * passes_per_s / bandwidth
+        if contender != "peer":
+            row.roofline_braid = braid_bytes * passes_per_s / bandwidth
+        rows.append(row)
     return rows
 
 
@@ -173,10 +230,13 @@ def run(
     draft: Path | None = None,
     show_progress: bool = True,
     gamma: int = 4,
+    texts: dict[str, list[str]] | None = None,
 ) -> dict:
-    """Benchmark every model; returns {"machine", "bandwidth", "settings", "rows"}."""
-    import os
+    """Benchmark every model; returns {"machine", "bandwidth", "settings", "rows"}.
 
+    `texts`: prompt groups (e.g. Spec-Bench subtasks), each timed as a whole with `batch`
+    requests at a time; None = random token ids, one batch of `batch` prompts per call.
+    """
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     bandwidth = memory_bandwidth()
@@ -187,7 +247,8 @@ def run(
         from tqdm import tqdm
 
         peer_calls = sum(peer == "transformers" or (peer != "none" and b == 1) for b in batches)
-        total = len(models) * (warmup + runs) * (len(batches) * len(methods) + peer_calls)
+        groups = len(texts) if texts else 1
+        total = len(models) * groups * (warmup + runs) * (len(batches) * len(methods) + peer_calls)
         progress = tqdm(total=total, desc="bench", unit="call")
     rows = []
     try:
@@ -207,6 +268,7 @@ def run(
                 draft,
                 progress,
                 gamma,
+                texts,
             )
     finally:
         if progress is not None:
@@ -224,6 +286,7 @@ def run(
             methods=methods,
             peer=peer,
             gamma=gamma,
+            prompts=sorted(texts) if texts else "random",
         ),
         "rows": [vars(r) for r in rows],
     }
