@@ -117,3 +117,26 @@ def test_specbench_first_turns_are_grouped_by_subtask():
         "rag",
     }
     assert all(len(v) == 80 for v in groups.values())
+
+
+def test_sampled_runs_are_seeded_per_prompt(tmp_path):
+    d = random_checkpoint("tiny", tmp_path / "tiny")
+    draft = random_checkpoint("tiny", tmp_path / "tiny-draft", seed=1)
+    result = runner.run(
+        [("tiny", d)],
+        ["ar", "block"],
+        peer="none",
+        batches=(2,),
+        prompt_len=8,
+        new_tokens=5,
+        runs=2,
+        warmup=0,
+        dtype="fp32",
+        threads=1,
+        draft=draft,
+        show_progress=False,
+        temperature=1.0,
+    )
+    assert result["settings"]["temperature"] == 1.0
+    assert [r["contender"] for r in result["rows"]] == ["ar", "block"]
+    assert result["rows"][1]["tokens_per_pass"] >= 1.0

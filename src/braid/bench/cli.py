@@ -72,6 +72,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="random prompts: their length; text prompts: keep the last N tokens",
     )
     p.add_argument("--new-tokens", type=int, default=256)
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="0: greedy (default); > 0: plain sampling, seeded per prompt",
+    )
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
@@ -96,6 +102,8 @@ def _bench(args) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise BraidError(f"unknown method(s) {unknown}; available: {', '.join(METHODS)}")
+    if args.temperature < 0:
+        raise BraidError(f"--temperature must be >= 0, got {args.temperature}")
     if args.runs < 1 or args.warmup < 0 or args.new_tokens < 1 or args.prompt_len < 1:
         raise BraidError("--runs, --new-tokens and --prompt-len must be >= 1, --warmup >= 0")
     models: list[tuple[str, Path]] = [(Path(m).name, Path(m)) for m in args.model]
@@ -121,6 +129,7 @@ def _bench(args) -> int:
         peer=args.peer,
         gamma=args.gamma,
         texts=texts,
+        temperature=args.temperature,
         batches=tuple(args.batch),
         prompt_len=args.prompt_len,
         new_tokens=args.new_tokens,

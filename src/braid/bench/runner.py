@@ -71,9 +71,15 @@ class Peer:
     def supports(self, batch: int) -> bool:
         return self.assistant is None or batch == 1  # assisted generation is batch-1 only
 
-    def generate(self, prompts: list[list[int]], new_tokens: int, batch: int) -> list[list[int]]:
-        """Greedy continuations, `batch` prompts per call (left-padded when ragged)."""
+    def generate(
+        self, prompts: list[list[int]], new_tokens: int, batch: int, temperature: float = 0.0
+    ) -> list[list[int]]:
+        """Continuations, `batch` prompts per call (left-padded when ragged); greedy at 0, else
+        plain sampling at `temperature` (transformers' default top-k 50 switched off)."""
         extra = {"assistant_model": self.assistant} if self.assistant is not None else {}
+        sampling: dict = {"do_sample": False}
+        if temperature > 0:
+            sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
         out: list[list[int]] = []
         for i in range(0, len(prompts), batch):
             chunk = prompts[i : i + batch]
@@ -86,7 +92,7 @@ class Peer:
                     attention_mask=mask,
                     max_new_tokens=new_tokens,
                     min_new_tokens=new_tokens,
-                    do_sample=False,
+                    **sampling,
                     pad_token_id=0,
                     **extra,
                 )
@@ -110,6 +116,7 @@ def bench_model(
     progress=None,
     gamma: int = 4,
     texts: dict[str, list[str]] | None = None,
+    temperature: float = 0.0,
 ) -> list[Row]:
     llm = LLM(model_dir, dtype=dtype, max_batch=max(batches), draft=draft)
     ref = None
@@ -149,6 +156,7 @@ def bench_model(
                 streamed,
                 braid_bytes,
                 bandwidth,
+                temperature,
             )
     return rows
 
@@ -169,8 +177,13 @@ def _time_group(
     streamed,
     braid_bytes,
     bandwidth,
+    temperature,
 ) -> list[Row]:
-    params = SamplingParams(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    seeds = range(len(prompts))  # seeded per prompt: every run samples the same outputs
+    params = [
+        SamplingParams(max_tokens=new_tokens, temperature=temperature, seed=i, ignore_eos=True)
+        for i in seeds
+    ]
     times: dict[str, list[float]] = {m: [] for m in methods + (["peer"] if ref else [])}
     stats, tokens = {}, {}
     total = len(prompts) * new_tokens
@@ -178,7 +191,7 @@ def _time_group(
         for contender in times:
             t = time.perf_counter()
             if contender == "peer":
-                tokens["peer"] = ref.generate(prompts, new_tokens, batch)
+                tokens["peer"] = ref.generate(prompts, new_tokens, batch, temperature)
             else:
                 outs = llm.generate(prompts, params, method=contender, gamma=gamma)
                 tokens[contender] = [o.token_ids for o in outs]
@@ -231,6 +244,7 @@ def run(
     show_progress: bool = True,
     gamma: int = 4,
     texts: dict[str, list[str]] | None = None,
+    temperature: float = 0.0,
 ) -> dict:
     """Benchmark every model; returns {"machine", "bandwidth", "settings", "rows"}.
 
@@ -269,6 +283,7 @@ def run(
                 progress,
                 gamma,
                 texts,
+                temperature,
             )
     finally:
         if progress is not None:
@@ -287,6 +302,7 @@ def run(
             peer=peer,
             gamma=gamma,
             prompts=sorted(texts) if texts else "random",
+            temperature=temperature,
         ),
         "rows": [vars(r) for r in rows],
     }
