@@ -115,3 +115,18 @@ def hf_masked_logits(ref, ids, positions, visible: torch.Tensor) -> torch.Tensor
             attention_mask=mask[None, None],
         )
     return out.logits[0]
+
+
+def noisy_copy(src: Path, dst: Path, scale: float, seed: int) -> Path:
+    """`src` with Gaussian noise on every weight: a draft that agrees with it often, not always."""
+    import shutil
+
+    model = hf_model(src)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    model.save_pretrained(dst)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / f, dst / f)
+    return dst

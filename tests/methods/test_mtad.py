@@ -1,10 +1,8 @@
 """MTAD: beam-sampled drafts, joint verification (chain and tree), and what it promises."""
 
-import shutil
-
 import pytest
 import torch
-from helpers import hf_model
+from helpers import noisy_copy
 from test_speculative import exact_two_token_distribution
 
 from braid import LLM, SamplingParams
@@ -16,16 +14,7 @@ PROMPTS = ["The quick brown fox", "def", "Ünïcödé façade, naïve", "x", "em
 @pytest.fixture(scope="module")
 def noisy_draft(llama_dir, tmp_path_factory):
     """The target with noisy weights: partial agreement under greedy decoding."""
-    d = tmp_path_factory.mktemp("noisy") / "draft"
-    model = hf_model(llama_dir)
-    gen = torch.Generator().manual_seed(9)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.035)
-    model.save_pretrained(d)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(llama_dir / f, d / f)
-    return d
+    return noisy_copy(llama_dir, tmp_path_factory.mktemp("noisy") / "draft", 0.035, seed=9)
 
 
 @pytest.mark.parametrize("method", ["mtad", "mtad-tree"])

@@ -1,10 +1,8 @@
 """Draft-model speculative decoding end to end: greedy identity with `ar`, exact sampling."""
 
-import shutil
-
 import pytest
 import torch
-from helpers import hf_model, make_hf_model
+from helpers import hf_model, make_hf_model, noisy_copy
 
 from braid import LLM, ModelLoadError, SamplingParams
 
@@ -14,16 +12,7 @@ PROMPTS = ["The quick brown fox", "def", "Ünïcödé façade, naïve", "x", "em
 @pytest.fixture(scope="module")
 def near_draft(llama_dir, tmp_path_factory):
     """The target with noisy weights: agrees often, not always (partial acceptance)."""
-    d = tmp_path_factory.mktemp("near") / "draft"
-    model = hf_model(llama_dir)
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.02)
-    model.save_pretrained(d)
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(llama_dir / f, d / f)
-    return d
+    return noisy_copy(llama_dir, tmp_path_factory.mktemp("near") / "draft", 0.02, seed=5)
 
 
 @pytest.mark.parametrize("method", ["spec", "block"])
