@@ -61,3 +61,17 @@ def test_sampling_with_an_unreachable_threshold_is_plain_target_sampling(
     tv = 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in set(counts) | set(exact))
     assert tv < 0.12, tv
     assert sum(o.stats.accepted_tokens for o in outs) == 0
+
+
+@pytest.mark.parametrize("method", ["spec", "block", "mtad", "mtad-tree"])
+def test_sampling_runs_up_to_the_context_limit(llama_dir, noisy_draft, method):
+    """Beams widen what a step holds in the caches (W rows per draft pass, W * gamma tree
+    nodes): near the context end the draft must shrink, not overflow the cache."""
+    llm = LLM(llama_dir, dtype="fp32", draft=noisy_draft, max_batch=2)
+    context = 256  # the tiny model's max_position_embeddings
+    prompts = [list(range(3, 3 + context - 20)), list(range(5, 5 + context - 9))]
+    params = [SamplingParams(max_tokens=100, seed=s, ignore_eos=True) for s in (1, 2)]
+    outs = llm.generate(prompts, params, method=method, gamma=4, beams=4)
+    assert [len(o.token_ids) for o in outs] == [20, 9]
+    assert all(o.finish_reason == "length" for o in outs)
+    assert sum(o.stats.draft_tokens for o in outs) > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench",
         help="time braid's methods against transformers on the same weights",
-        description="Greedy generation of --new-tokens tokens from random-id prompts; every "
-        "contender runs the same weights in this process, alternating, median of --runs. "
-        "Reports tokens/s, the ratio to transformers, tokens per pass and the fraction of the "
-        "memory-bandwidth roofline.",
+        description="Generation of --new-tokens tokens per prompt (greedy unless --temperature); "
+        "every contender runs the same weights in this process, alternating, median of --runs. "
+        "Reports tokens/s, the ratios to transformers and to ar, tokens per pass, acceptance, "
+        "the fraction of the memory-bandwidth roofline and energy where a counter is readable; "
+        "--quality adds perplexity under the target and the distance from ar (untimed).",
     )
     p.add_argument("--methods", default="ar", help="comma-separated braid methods (default: ar)")
     p.add_argument(
@@ -55,8 +57,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--prompts",
         default="random",
         help="random (token ids, --prompt-len long), specbench (first turns of "
-        "Spec-Bench, one table row per subtask) or a file (one prompt per line, or "
-        ".jsonl with 'prompt')",
+        "Spec-Bench, one table row per subtask), val (--prompt-len tokens before seeded cut "
+        "points in held-out validation text of --val-data, by default the bundled models' "
+        "corpus) or a file (one prompt per line, or .jsonl with 'prompt')",
+    )
+    p.add_argument(
+        "--val-data",
+        help="--prompts val: the training corpus (a text file or directory, as train-lm "
+        "--data) whose validation split gives the prompts; default: the bundled models' corpus",
     )
     p.add_argument(
         "--prompt-count",
@@ -87,7 +95,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=str(Path.home() / ".cache" / "braid" / "bench"),
         help="where random-weight checkpoints are written once",
     )
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="also measure, untimed: perplexity of each method's outputs under the target, and "
+        "the total variation of its first tokens' distribution from ar's (with ar vs ar as floor)",
+    )
+    p.add_argument(
+        "--quality-seeds", type=int, default=256, help="--quality: samples per prompt and method"
+    )
+    p.add_argument(
+        "--quality-prompts", type=int, default=4, help="--quality: prompts per group for the TV"
+    )
+    p.add_argument(
+        "--quality-tokens", type=int, default=2, help="--quality: leading tokens compared (TV)"
+    )
     p.add_argument("--out", help="write the table here (.md) and the data beside it (.json)")
+    p.add_argument(
+        "--plot",
+        action="store_true",
+        help="with --out: also draw the speedup over ar per method and prompt group (.png)",
+    )
     p.set_defaults(func=_bench)
     return p
 
@@ -106,6 +134,10 @@ def _bench(args) -> int:
         raise BraidError(f"--temperature must be >= 0, got {args.temperature}")
     if args.runs < 1 or args.warmup < 0 or args.new_tokens < 1 or args.prompt_len < 1:
         raise BraidError("--runs, --new-tokens and --prompt-len must be >= 1, --warmup >= 0")
+    if args.quality_seeds < 2 or args.quality_prompts < 1 or args.quality_tokens < 1:
+        raise BraidError("--quality-seeds must be >= 2, --quality-prompts/-tokens >= 1")
+    if args.plot and not args.out:
+        raise BraidError("--plot needs --out FILE.md (the png is written beside it)")
     models: list[tuple[str, Path]] = [(Path(m).name, Path(m)) for m in args.model]
     for name in args.config:
         if name == "bundled":
@@ -119,9 +151,19 @@ def _bench(args) -> int:
     texts = None
     if args.prompts == "specbench":
         texts = prompts.specbench(args.specbench, args.prompt_count)
+    elif args.prompts == "val":
+        if args.val_data and not Path(args.val_data).exists():
+            raise BraidError(f"--val-data {args.val_data}: no such file or directory")
+        texts = partial(
+            prompts.validation,
+            count=args.prompt_count,
+            prompt_len=args.prompt_len,
+            new_tokens=args.new_tokens,
+            data=Path(args.val_data) if args.val_data else None,
+        )
     elif args.prompts != "random":
         if not Path(args.prompts).is_file():
-            raise BraidError(f"--prompts: {args.prompts!r} is not random, specbench or a file")
+            raise BraidError(f"--prompts: {args.prompts!r} is not random, specbench, val or a file")
         texts = prompts.text_file(Path(args.prompts), args.prompt_count)
     result = runner.run(
         models,
@@ -138,9 +180,18 @@ def _bench(args) -> int:
         dtype=args.dtype,
         threads=args.threads,
         draft=Path(args.draft) if args.draft else None,
+        quality=(
+            runner.Quality(args.quality_prompts, args.quality_seeds, args.quality_tokens)
+            if args.quality
+            else None
+        ),
     )
     command = "braid " + " ".join(shlex.quote(a) for a in args.argv)
     print(report.markdown(result, command))
     if args.out:
         report.write(result, Path(args.out), command)
+        if args.plot:
+            from braid.bench.plot import plot_speedup
+
+            print(f"plot: {plot_speedup(result, Path(args.out).with_suffix('.png'))}")
     return 0

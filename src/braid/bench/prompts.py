@@ -1,8 +1,10 @@
-"""Prompt sets for benchmarks: random token ids, Spec-Bench first turns, or a text file."""
+"""Prompt sets for benchmarks: random token ids, Spec-Bench first turns, held-out validation text
+of the bundled models' corpus, or a text file."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from braid.errors import BraidError
@@ -44,6 +46,44 @@ def text_file(path: Path, count: int) -> dict[str, list[str]]:
     return {Path(path).stem: lines[:count]}
 
 
-def encode(groups: dict[str, list[str]], tokenizer: Tokenizer, max_len: int) -> dict:
-    """Token ids per group, each prompt cut to its last `max_len` tokens."""
-    return {g: [tokenizer.encode(t)[-max_len:] for t in texts] for g, texts in groups.items()}
+def validation(
+    tokenizer: Tokenizer,
+    count: int,
+    prompt_len: int,
+    new_tokens: int,
+    data: Path | None = None,
+    seed: int = 0,
+) -> dict[str, list[list[int]]]:
+    """`count` prompts cut from the validation split of a training corpus, as token ids.
+
+    `data` is a corpus as `braid train-lm --data` takes it; None is the bundled models' corpus
+    (the standard library of this Python, split by file hash, so these files were never trained
+    on). A seeded generator picks documents with at least prompt_len + new_tokens tokens and a
+    cut point in each; the prompt is the prompt_len tokens before the cut, so the reference
+    continuation is real held-out text. Documents are reused (other cuts) only when too few.
+    """
+    from braid.training.corpus import load_corpus
+
+    need = prompt_len + new_tokens
+    docs = [ids for ids in (tokenizer.encode(d) for d in load_corpus(data).val) if len(ids) >= need]
+    if not docs:
+        raise BraidError(
+            f"no validation document has {need} tokens (--prompt-len + --new-tokens); "
+            "use shorter prompts or fewer new tokens"
+        )
+    rng = random.Random(seed)
+    order = rng.sample(range(len(docs)), len(docs))
+    prompts = []
+    for i in range(count):
+        ids = docs[order[i % len(docs)]]
+        cut = rng.randint(prompt_len, len(ids) - new_tokens)
+        prompts.append(ids[cut - prompt_len : cut])
+    return {"validation": prompts}
+
+
+def encode(groups: dict[str, list], tokenizer: Tokenizer, max_len: int) -> dict:
+    """Token ids per group, each prompt cut to its last `max_len` tokens (ids pass through)."""
+    return {
+        g: [(t if isinstance(t, list) else tokenizer.encode(t))[-max_len:] for t in texts]
+        for g, texts in groups.items()
+    }

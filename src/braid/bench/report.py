@@ -19,12 +19,18 @@ COLUMNS = [
     ("roofline", "roofline (bf16 bytes)", "{:.0%}"),
     ("roofline_braid", "roofline (bytes read)", "{:.0%}"),
     ("same_tokens", "same tokens as peer", "{}"),
+    ("joules_per_token", "J/tok", "{:.3g}"),
+]
+# shown only when measured (`--quality`): see braid.bench.quality
+QUALITY_COLUMNS = [
+    ("perplexity", "ppl (target)", "{:.2f}"),
+    ("tv_vs_ar", "TV first tokens vs ar", "{:.3f}"),
 ]
 
 
-def _cell(value, fmt: str) -> str:
-    if isinstance(value, float) and math.isnan(value):
-        return "–"
+def _cell(value, fmt: str, missing: str = "–") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
     return fmt.format(value)
 
 
@@ -38,15 +44,31 @@ def markdown(result: dict, command: str = "") -> str:
         f"{'greedy' if not s.get('temperature') else 'temperature ' + str(s['temperature'])}, "
         f"{s['dtype']}, median of {s['runs']} runs after {s['warmup']} warm-up.",
     ]
+    if s.get("energy"):
+        lines.append(f"Energy (J/tok): {s['energy']}.")
+    columns = list(COLUMNS)
+    if s.get("quality"):
+        qs = s["quality"]
+        columns += QUALITY_COLUMNS
+        lines.append(
+            "Quality (untimed): ppl = perplexity of each method's outputs under the target "
+            "(temperature 1, no truncation). TV = total variation between the empirical "
+            f"distributions of the first {qs['k']} tokens under the method and under ar, "
+            f"{qs['seeds']} seeded samples each at temperature 1 on {qs['prompts']} prompts per "
+            "group (mean over prompts); in the ar row: ar vs ar with other seeds, the noise floor."
+        )
     if command:
         lines.append(f"Command: `{command}`")
     lines += [
         "",
-        "| " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
+        "| " + " | ".join(h for _, h, _ in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
     ]
     for row in result["rows"]:
-        lines.append("| " + " | ".join(_cell(row[k], f) for k, _, f in COLUMNS) + " |")
+        cells = [
+            _cell(row.get(k), f, "n/a" if k == "joules_per_token" else "–") for k, _, f in columns
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,8 +1,9 @@
 """Time braid's methods and the `transformers` peer side by side on the same weights.
 
-Every timed call generates `new_tokens` tokens per prompt for a batch of random-id prompts
-(greedy, eos ignored), so all contenders do the same work. Calls alternate between contenders
-within each run, after warm-up, and each result is the median over runs.
+Every timed call generates `new_tokens` tokens per prompt (eos ignored), so all contenders do
+the same work. Calls alternate between contenders within each run, after warm-up, and each
+result is the median over runs. Quality measures (`quality`) run after the timed calls of a
+prompt group and are never timed.
 """
 
 from __future__ import annotations
@@ -10,16 +11,35 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from braid.bench import quality as q
+from braid.bench.energy import EnergyMeter
 from braid.bench.machine import describe, memory_bandwidth
 from braid.bench.models import streamed_weight_bytes
 from braid.bench.prompts import encode
 from braid.llm import LLM, bundled_model
+from braid.model.tokenizer import Tokenizer
 from braid.sampling import SamplingParams
+
+# prompt groups: texts or token ids per group, or a function of the model's tokenizer giving them
+Texts = dict[str, list] | Callable[[Tokenizer], dict[str, list]]
+
+
+@dataclass
+class Quality:
+    """What `--quality` measures: see braid.bench.quality."""
+
+    prompts: int = 4  # prompts per group for the distribution distance
+    seeds: int = 256  # samples per prompt and method
+    k: int = 2  # leading tokens whose joint distribution is compared
+    batch: int = 8  # requests at a time while sampling (outputs do not depend on it)
+    # (model, group) -> {method: (perplexity, tv)}: seeded outputs are the same at every batch
+    measured: dict = field(default_factory=dict, repr=False)
 
 
 @dataclass
@@ -36,6 +56,9 @@ class Row:
     roofline: float = float("nan")  # streamed bf16 weight bytes x passes/s / bandwidth
     roofline_braid: float = float("nan")  # same with the bytes braid's kernels actually read
     same_tokens: str = ""
+    joules_per_token: float = float("nan")  # median over runs; NaN where no counter is readable
+    perplexity: float = float("nan")  # of the outputs under the target (--quality)
+    tv_vs_ar: float = float("nan")  # first-tokens TV from ar; for ar, its noise floor (--quality)
     runs: list[float] = field(default_factory=list)
 
 
@@ -115,8 +138,10 @@ def bench_model(
     draft: Path | None = None,
     progress=None,
     gamma: int = 4,
-    texts: dict[str, list[str]] | None = None,
+    texts: Texts | None = None,
     temperature: float = 0.0,
+    quality: Quality | None = None,
+    meter: EnergyMeter | None = None,
 ) -> list[Row]:
     llm = LLM(model_dir, dtype=dtype, max_batch=max(batches), draft=draft)
     ref = None
@@ -133,7 +158,8 @@ def bench_model(
             for b in batches
         }
     else:
-        encoded = encode(texts, llm.tokenizer, prompt_len)
+        groups = texts(llm.tokenizer) if callable(texts) else texts
+        encoded = encode(groups, llm.tokenizer, prompt_len)
         sets = {b: encoded for b in batches}
     rows: list[Row] = []
     for batch in batches:
@@ -157,6 +183,8 @@ def bench_model(
                 braid_bytes,
                 bandwidth,
                 temperature,
+                quality,
+                meter,
             )
     return rows
 
@@ -178,6 +206,8 @@ def _time_group(
     braid_bytes,
     bandwidth,
     temperature,
+    quality=None,
+    meter=None,
 ) -> list[Row]:
     seeds = range(len(prompts))  # seeded per prompt: every run samples the same outputs
     params = [
@@ -185,10 +215,13 @@ def _time_group(
         for i in seeds
     ]
     times: dict[str, list[float]] = {m: [] for m in methods + (["peer"] if ref else [])}
+    joules: dict[str, list[float]] = {m: [] for m in times}
     stats, tokens = {}, {}
     total = len(prompts) * new_tokens
     for r in range(warmup + runs):
         for contender in times:
+            if meter is not None:
+                meter.begin()
             t = time.perf_counter()
             if contender == "peer":
                 tokens["peer"] = ref.generate(prompts, new_tokens, batch, temperature)
@@ -197,8 +230,10 @@ def _time_group(
                 tokens[contender] = [o.token_ids for o in outs]
                 stats[contender] = [o.stats for o in outs]
             elapsed = time.perf_counter() - t
+            energy = meter.end() if meter is not None else float("nan")
             if r >= warmup:
                 times[contender].append(total / elapsed)
+                joules[contender].append(energy / total)
             if progress is not None:
                 progress.update(1)
     peer_tps = statistics.median(times["peer"]) if ref else float("nan")
@@ -208,6 +243,8 @@ def _time_group(
         tps = statistics.median(tps_runs)
         label = ref.name if contender == "peer" else contender
         row = Row(name, batch, label, tps, prompts=group, runs=tps_runs)
+        row.joules_per_token = statistics.median(joules[contender])
+        row.vs_ar = tps / ar_tps
         if contender == "peer":
             row.tokens_per_pass = 1.0 if ref.assistant is None else float("nan")
         else:
@@ -217,7 +254,6 @@ def _time_group(
             if proposed:
                 row.acceptance = sum(x.accepted_tokens for x in s) / proposed
             row.vs_peer = tps / peer_tps
-            row.vs_ar = tps / ar_tps
             if ref:
                 same = sum(a == b for a, b in zip(tokens[contender], tokens["peer"]))
                 row.same_tokens = f"{same}/{len(prompts)}"
@@ -226,7 +262,28 @@ def _time_group(
         if contender != "peer":
             row.roofline_braid = braid_bytes * passes_per_s / bandwidth
         rows.append(row)
+    if quality is not None:
+        _measure_quality(llm, name, group, rows, prompts, tokens, methods, gamma, quality)
     return rows
+
+
+def _measure_quality(llm, name, group, rows, prompts, tokens, methods, gamma, quality) -> None:
+    """Perplexity of each method's last timed outputs, and the first-tokens TV from `ar`."""
+    key = (name, group)
+    if key not in quality.measured:
+        batch, llm.max_batch = llm.max_batch, quality.batch
+        try:
+            tv = q.distance_from_ar(
+                llm, prompts[: quality.prompts], methods, gamma, quality.seeds, quality.k
+            )
+        finally:
+            llm.max_batch = batch
+        quality.measured[key] = {
+            m: (q.perplexity(llm.model, prompts, tokens[m]), tv[m]) for m in methods
+        }
+    for row in rows:
+        if row.contender in methods:
+            row.perplexity, row.tv_vs_ar = quality.measured[key][row.contender]
 
 
 def run(
@@ -243,17 +300,20 @@ def run(
     draft: Path | None = None,
     show_progress: bool = True,
     gamma: int = 4,
-    texts: dict[str, list[str]] | None = None,
+    texts: Texts | None = None,
     temperature: float = 0.0,
+    quality: Quality | None = None,
 ) -> dict:
     """Benchmark every model; returns {"machine", "bandwidth", "settings", "rows"}.
 
     `texts`: prompt groups (e.g. Spec-Bench subtasks), each timed as a whole with `batch`
     requests at a time; None = random token ids, one batch of `batch` prompts per call.
+    `quality`: also measure perplexity and distance from `ar` (untimed, after each group).
     """
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     bandwidth = memory_bandwidth()
+    meter = EnergyMeter()
     if peer not in PEERS:
         raise ValueError(f"peer must be one of {PEERS}")
     progress = None
@@ -261,7 +321,7 @@ def run(
         from tqdm import tqdm
 
         peer_calls = sum(peer == "transformers" or (peer != "none" and b == 1) for b in batches)
-        groups = len(texts) if texts else 1
+        groups = 1 if texts is None or callable(texts) else len(texts)
         total = len(models) * groups * (warmup + runs) * (len(batches) * len(methods) + peer_calls)
         progress = tqdm(total=total, desc="bench", unit="call")
     rows = []
@@ -284,6 +344,8 @@ def run(
                 gamma,
                 texts,
                 temperature,
+                quality,
+                meter,
             )
     finally:
         if progress is not None:
@@ -301,8 +363,12 @@ def run(
             methods=methods,
             peer=peer,
             gamma=gamma,
-            prompts=sorted(texts) if texts else "random",
+            prompts=sorted({r.prompts for r in rows}),
             temperature=temperature,
+            energy=meter.reason,
+            quality={k: v for k, v in vars(quality).items() if k != "measured"}
+            if quality
+            else None,
         ),
         "rows": [vars(r) for r in rows],
     }

@@ -36,10 +36,17 @@ class Drafter:
         if graph is not None:
             graph.free()
 
-    def budget(self, engine: Engine, req: Request, gamma: int) -> int:
-        """Draft length for this step: what the request may still emit and both caches hold."""
-        room_target = engine.max_context - req.num_tokens
-        room_draft = self.pool.max_capacity - req.num_tokens + 1
+    def budget(
+        self, engine: Engine, req: Request, gamma: int, draft_width: int = 1, target_width: int = 1
+    ) -> int:
+        """Draft length for this step: what the request may still emit and both caches hold.
+
+        The verify pass holds the context plus `target_width` rows per drafted token (a beam
+        tree holds every node); the draft holds the context plus `draft_width` rows for each
+        draft pass after the first (the last drafted tokens are never fed back).
+        """
+        room_target = (engine.max_context - req.num_tokens) // target_width
+        room_draft = (self.pool.max_capacity - req.num_tokens) // draft_width + 1
         return max(0, min(gamma, req.remaining - 1, room_target, room_draft))
 
     def probs(self, logits: torch.Tensor, reqs: list[Request], vocab: int) -> torch.Tensor:

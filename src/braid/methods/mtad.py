@@ -17,7 +17,10 @@ not the target's (at temperature 0 it is: it reduces to greedy verification).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -58,6 +61,93 @@ def draw_distinct(weights: torch.Tensor, n: int, generator: torch.Generator) -> 
     return torch.multinomial(weights, n, replacement=False, generator=generator)
 
 
+# draw(scores, n) -> indices into `scores`: the only randomness of beam sampling
+Draw = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+class BeamDraft:
+    """One request's beam sampling, free of models and caches: the node tree and live beams.
+
+    Each step gets the draft's distributions after every live beam (one row per beam, in
+    `frontier` order) and keeps `width` (beam, token) pairs drawn by `draw` from
+    weight x q; the chosen pairs' scores, renormalised, are the new beam weights.
+    """
+
+    def __init__(self, width: int):
+        self.width = width
+        self.nodes: list[Node] = []
+        self.beams: list[tuple[int, float]] = []  # (node index, weight)
+
+    def frontier(self) -> list[int]:
+        """The node each live beam ends in; [-1] (the empty prefix) before the first step."""
+        return [b for b, _ in self.beams] if self.beams else [-1]
+
+    def extend(self, q: torch.Tensor, draw: Draw) -> None:
+        weights = torch.tensor([w for _, w in self.beams] or [1.0], dtype=q.dtype)
+        scores = (weights[:, None] * q).flatten()
+        picks = draw(scores, self.width)
+        parents, vocab = self.frontier(), q.shape[1]
+        depth = self.nodes[parents[0]].depth + 1 if parents[0] >= 0 else 1
+        total = float(scores[picks].sum())
+        chosen = []
+        for flat in picks.tolist():
+            b, tok = divmod(flat, vocab)
+            self.nodes.append(Node(tok, parents[b], float(q[b, tok]), depth))
+            chosen.append((len(self.nodes) - 1, float(scores[flat]) / total))
+        self.beams = chosen
+
+    def best_chain(self) -> list[int]:
+        """Node indices of the highest-weight beam, root first ([] before any step)."""
+        if not self.beams:
+            return []
+        return path(self.nodes, max(self.beams, key=lambda nw: nw[1])[0])
+
+
+def greedy_draw(scores: torch.Tensor, n: int) -> torch.Tensor:
+    return scores.argmax()[None]
+
+
+def chain_verdict(
+    nodes: list[Node], chain: list[int], p: torch.Tensor, tau: float
+) -> tuple[list[int], torch.Tensor]:
+    """`mtad`: the kept prefix of `chain` and the distribution of the next token.
+
+    p[j] is the target's distribution after the first j chain tokens (j = 0..len(chain)).
+    """
+    k = len(chain)
+    if not k:
+        return [], p[0]
+    tokens = [nodes[i].token for i in chain]
+    q = torch.tensor([nodes[i].q for i in chain], dtype=torch.float64)
+    ratios = p[torch.arange(k), tokens].double() / q
+    n_keep = joint_threshold(ratios, tau)
+    return chain[:n_keep], p[n_keep]
+
+
+def tree_verdict(nodes: list[Node], p: torch.Tensor, tau: float) -> tuple[list[int], torch.Tensor]:
+    """`mtad-tree`: the kept root-to-node path and the distribution of the next token.
+
+    p[0] follows the pending tokens, p[1 + i] follows node i. A node passes when its joint
+    log(p/q) along its path exceeds log tau; the deepest passing node with the highest target
+    joint probability is kept.
+    """
+    log_tau = math.log(tau)
+    log_ratio: list[float] = []
+    log_joint: list[float] = []
+    for nd in nodes:
+        prob = float(p[nd.parent + 1, nd.token])
+        log_p = math.log(prob) if prob > 0 else -math.inf
+        up = nd.parent
+        log_ratio.append(log_p - math.log(nd.q) + (log_ratio[up] if up >= 0 else 0.0))
+        log_joint.append(log_p + (log_joint[up] if up >= 0 else 0.0))
+    passing = [i for i in range(len(nodes)) if log_ratio[i] > log_tau]
+    if not passing:
+        return [], p[0]
+    deepest = max(nodes[i].depth for i in passing)
+    leaf = max((i for i in passing if nodes[i].depth == deepest), key=log_joint.__getitem__)
+    return path(nodes, leaf), p[leaf + 1]
+
+
 class Mtad:
     def __init__(
         self,
@@ -80,9 +170,13 @@ class Mtad:
     def _propose(self, engine: Engine, requests: list[Request]):
         vocab = engine.model.config.vocab_size
         graphs = {r.id: self.drafter.graph(engine, r) for r in requests}
-        depth = {r.id: self.drafter.budget(engine, r, self.gamma) for r in requests}
-        nodes: dict[int, list[Node]] = {r.id: [] for r in requests}
-        beams: dict[int, list[tuple[int, float]]] = {r.id: [] for r in requests}  # (node, w)
+        # the tree pass holds every beam node in the target cache, the draft holds W per step
+        target_width = self.beams if self.tree else 1
+        depth = {
+            r.id: self.drafter.budget(engine, r, self.gamma, self.beams, target_width)
+            for r in requests
+        }
+        drafts = {r.id: BeamDraft(self.beams) for r in requests}
         caught_up: dict[int, int] = {}
         for s in range(self.gamma):
             active = [r for r in requests if depth[r.id] > s]
@@ -90,19 +184,19 @@ class Mtad:
                 break
             appends, last, owners, n = [], [], [], 0
             for r in active:
-                g = graphs[r.id]
+                g, beam = graphs[r.id], drafts[r.id]
                 if s == 0:
                     ids = r.all_ids[g.length :]
                     appends.append(Append(g, ids, range(g.length, g.length + len(ids))))
                     caught_up[r.id] = g.length + len(ids)
                     n += len(ids)
                     last.append(n - 1)
-                    owners.append((r, None))
+                    owners.append(r)
                     continue
                 # every beam's newest token, each in a branch of the beam it extends
-                ns = nodes[r.id]
+                ns = beam.nodes
                 toks, pos, segs = [], [], []
-                for b, _ in beams[r.id]:
+                for b in beam.frontier():
                     node = ns[b]
                     parent_seg = ns[node.parent].seg if node.parent >= 0 else ROOT
                     (node.seg,) = g.fork(parent_seg, 1)
@@ -111,61 +205,39 @@ class Mtad:
                     pos.append(caught_up[r.id] + node.depth - 1)
                     segs.append(node.seg)
                 appends.append(Append(g, toks, pos, segs))
-                for b, _ in beams[r.id]:
-                    n += 1
-                    last.append(n - 1)
-                    owners.append((r, b))
+                n += len(toks)
+                last += range(n - len(toks), n)
+                owners += [r] * len(toks)
             logits, _ = self.drafter.model.forward(
                 build_batch(appends, self.drafter.model.windows), torch.tensor(last)
             )
-            probs = self.drafter.probs(logits, [r for r, _ in owners], vocab)
+            probs = self.drafter.probs(logits, owners, vocab)
             for r in active:
                 r.stats.draft_passes += 1
-                rows = [i for i, (o, _) in enumerate(owners) if o is r]
-                self._extend(r, nodes[r.id], beams, [owners[i][1] for i in rows], probs[rows], s)
-        return graphs, depth, nodes, beams, caught_up
-
-    def _extend(self, r: Request, nodes, beams, parents, q: torch.Tensor, s: int) -> None:
-        """Choose the W (beam, token) pairs of depth s + 1 and their renormalised weights."""
-        weights = torch.tensor([w for _, w in beams[r.id]] or [1.0], dtype=q.dtype)
-        scores = (weights[:, None] * q).flatten()
-        if r.params.greedy:
-            picks = scores.argmax()[None]
-        else:
-            picks = draw_distinct(scores, self.beams, r.generator)
-        vocab = q.shape[1]
-        chosen = []
-        total = float(scores[picks].sum())
-        for flat in picks.tolist():
-            b, tok = divmod(flat, vocab)
-            parent = parents[b] if parents[b] is not None else -1
-            nodes.append(Node(tok, parent, float(q[b, tok]), s + 1))
-            chosen.append((len(nodes) - 1, float(scores[flat]) / total))
-        beams[r.id] = chosen
+                rows = [i for i, o in enumerate(owners) if o is r]
+                draw = greedy_draw if r.params.greedy else partial(_seeded, r.generator)
+                drafts[r.id].extend(probs[rows], draw)
+        return graphs, depth, drafts, caught_up
 
     # -- verify ----------------------------------------------------------------------------
     def step(self, engine: Engine, requests: list[Request]) -> None:
-        graphs, depth, nodes, beams, caught_up = self._propose(engine, requests)
+        graphs, depth, drafts, caught_up = self._propose(engine, requests)
         if self.tree:
-            kept = self._verify_tree(engine, requests, nodes)
+            kept = self._verify_tree(engine, requests, drafts)
         else:
-            kept = self._verify_chain(engine, requests, nodes, beams, depth)
+            kept = self._verify_chain(engine, requests, drafts)
         for r in requests:  # the draft cache keeps its prefix and the accepted, drafted path
             if depth[r.id] and not r.finished:
-                drafted = [nodes[r.id][i].row for i in kept[r.id] if nodes[r.id][i].row >= 0]
+                ns = drafts[r.id].nodes
+                drafted = [ns[i].row for i in kept[r.id] if ns[i].row >= 0]
                 graphs[r.id].keep(torch.tensor(list(range(caught_up[r.id])) + drafted))
                 graphs[r.id].linearize()
 
-    def _verify_chain(self, engine, requests, nodes, beams, depth) -> dict[int, list[int]]:
-        chains = {
-            r.id: path(nodes[r.id], max(beams[r.id], key=lambda nw: nw[1])[0])
-            if depth[r.id]
-            else []
-            for r in requests
-        }
+    def _verify_chain(self, engine, requests, drafts) -> dict[int, list[int]]:
+        chains = {r.id: drafts[r.id].best_chain() for r in requests}
         appends, rows, n, base = [], [], 0, {}
         for r in requests:
-            draft = [nodes[r.id][i].token for i in chains[r.id]]
+            draft = [drafts[r.id].nodes[i].token for i in chains[r.id]]
             ids = r.all_ids[r.graph.length :] + draft
             base[r.id] = r.num_tokens
             appends.append(Append(r.graph, ids, range(r.graph.length, r.graph.length + len(ids))))
@@ -174,23 +246,19 @@ class Mtad:
         logits, _, _ = engine.forward(appends, torch.tensor(rows))
         kept, offset = {}, 0
         for r in requests:
-            chain = chains[r.id]
-            k = len(chain)
+            ns, k = drafts[r.id].nodes, len(chains[r.id])
             p = process_logits(logits[offset : offset + k + 1], [r.params] * (k + 1))
             offset += k + 1
-            tokens = [nodes[r.id][i].token for i in chain]
-            q = torch.tensor([nodes[r.id][i].q for i in chain], dtype=torch.float64)
-            ratios = p[torch.arange(k), tokens].double() / q
-            n_keep = joint_threshold(ratios, self.tau) if k else 0
-            self._emit(r, tokens[:n_keep], p[n_keep], proposed=k)
-            kept[r.id] = chain[:n_keep]
-            r.graph.truncate(base[r.id] + n_keep)
+            chain, nxt = chain_verdict(ns, chains[r.id], p, self.tau)
+            self._emit(r, [ns[i].token for i in chain], nxt, proposed=k)
+            kept[r.id] = chain
+            r.graph.truncate(base[r.id] + len(chain))
         return kept
 
-    def _verify_tree(self, engine, requests, nodes) -> dict[int, list[int]]:
+    def _verify_tree(self, engine, requests, drafts) -> dict[int, list[int]]:
         appends, rows, n, base = [], [], 0, {}
         for r in requests:
-            g, ns = r.graph, nodes[r.id]
+            g, ns = r.graph, drafts[r.id].nodes
             pending = r.all_ids[g.length :]
             base[r.id] = r.num_tokens
             # pending tokens on the trunk, then each tree node branches off its parent's segment
@@ -203,31 +271,12 @@ class Mtad:
             rows.extend(range(n + len(pending) - 1, n + len(ids)))
             n += len(ids)
         logits, _, _ = engine.forward(appends, torch.tensor(rows))
-        kept, offset, log_tau = {}, 0, float(torch.log(torch.tensor(self.tau)))
+        kept, offset = {}, 0
         for r in requests:
-            ns = nodes[r.id]
+            ns = drafts[r.id].nodes
             p = process_logits(logits[offset : offset + len(ns) + 1], [r.params] * (len(ns) + 1))
             offset += len(ns) + 1
-            # p[0] follows the pending tokens, p[1 + i] follows node i
-            log_p = [float(p[nd.parent + 1, nd.token]) for nd in ns]
-            log_p = torch.log(torch.tensor(log_p, dtype=torch.float64)).tolist()
-            log_ratio, log_joint = [], []
-            for i, nd in enumerate(ns):
-                up = nd.parent
-                log_ratio.append(
-                    log_p[i]
-                    - float(torch.log(torch.tensor(nd.q, dtype=torch.float64)))
-                    + (log_ratio[up] if up >= 0 else 0.0)
-                )
-                log_joint.append(log_p[i] + (log_joint[up] if up >= 0 else 0.0))
-            passing = [i for i in range(len(ns)) if log_ratio[i] > log_tau]
-            chain, nxt = [], p[0]
-            if passing:
-                deepest = max(ns[i].depth for i in passing)
-                leaf = max(
-                    (i for i in passing if ns[i].depth == deepest), key=log_joint.__getitem__
-                )
-                chain, nxt = path(ns, leaf), p[leaf + 1]
+            chain, nxt = tree_verdict(ns, p, self.tau)
             self._emit(r, [ns[i].token for i in chain], nxt, proposed=len(ns))
             kept[r.id] = chain
             r.graph.keep(torch.tensor(list(range(base[r.id])) + [base[r.id] + i for i in chain]))
@@ -241,3 +290,7 @@ class Mtad:
         r.stats.draft_tokens += proposed
         r.stats.accepted_tokens += len(accepted)
         r.accept(accepted + [nxt])
+
+
+def _seeded(generator: torch.Generator, scores: torch.Tensor, n: int) -> torch.Tensor:
+    return draw_distinct(scores, n, generator)
