@@ -1,0 +1,385 @@
+"""``braid train-heads``: train CP heads on a frozen (or jointly fine-tuned) base model.
+
+1. tokenizes the corpus (default: the CPython stdlib corpus of :mod:`braid.training.corpus`, or
+   ``--data FILE_OR_DIR``) with the base model's own tokenizer;
+2. frozen backbone (default): runs ``transformers``' model once over ``--train-tokens`` tokens in
+   windows of ``--context`` and caches the final-normed hidden states (bf16, under the braid cache
+   dir, keyed by weights and settings), so further runs with other n / rank reuse them;
+3. trains the heads with AdamW (cosine decay) on random positions of the cache: joint NLL of the
+   next n tokens plus ``--balance`` x the load-balancing term (see :mod:`braid.heads.loss`);
+   the base model's unembedding is the heads' shared, frozen output layer;
+4. ``--finetune``: the backbone is trained too (embedding frozen, it is the shared unembedding),
+   on fresh windows each step with loss = LM loss + heads loss; the fine-tuned model is exported
+   to ``OUT/model`` and the heads refer to it;
+5. evaluates the joint validation NLL (nats per position) and writes ``OUT/heads.safetensors`` and
+   ``OUT/heads.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from braid.heads.io import save_heads
+from braid.heads.loss import gather_targets, joint_nll, load_balance
+from braid.heads.module import KINDS, CPHeads, HeadsConfig
+
+
+@dataclass
+class HeadsTrainConfig:
+    out: str
+    model: str | None = None  # base model dir; None = the bundled target
+    data: str | None = None
+    n: int = 4
+    rank: int = 8
+    kind: str = "residual"
+    bottleneck: int = 64
+    base_first: bool = False
+    steps: int = 500
+    batch_size: int = 64  # positions per step
+    lr: float = 3e-3
+    balance: float = 0.01  # weight of the load-balancing term
+    train_tokens: int = 200_000
+    val_tokens: int = 16_384
+    context: int = 512
+    finetune: bool = False
+    finetune_lr: float = 1e-4
+    seed: int = 0
+    threads: int = 0
+    device: str = "auto"
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _native_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def load_base(model_dir: Path, device: torch.device) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    return model.to(device).eval().requires_grad_(False)
+
+
+def token_streams(model_dir: Path, data: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Train and validation token ids of the corpus, encoded with the model's tokenizer."""
+    from braid.training.corpus import load_corpus
+    from braid.training.tokenizer import encode_docs, load_tokenizer
+
+    corpus = load_corpus(data)
+    tok = load_tokenizer(model_dir)
+    return encode_docs(tok, corpus.train), encode_docs(tok, corpus.val), corpus.meta
+
+
+MAX_N = 64  # windows leave room for this many targets, so every n shares one hidden cache
+
+
+def window_starts(length: int, tokens: int, context: int, seed: int) -> np.ndarray:
+    """Start offsets of tokens // context distinct windows (independent of n)."""
+    count = max(1, tokens // context)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(length - context - MAX_N, size=count, replace=False))
+
+
+@torch.no_grad()
+def hidden_states(
+    model: torch.nn.Module, ids: np.ndarray, starts: np.ndarray, context: int, batch: int = 4
+) -> torch.Tensor:
+    """Final-normed hidden states [windows, context, d] (bf16) of the windows at `starts`."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(starts), batch):
+        rows = np.stack([ids[s : s + context] for s in starts[i : i + batch]]).astype(np.int64)
+        h = model.model(input_ids=torch.from_numpy(rows).to(device)).last_hidden_state
+        out.append(h.to(torch.bfloat16).cpu())
+    return torch.cat(out)
+
+
+def targets_for(ids: np.ndarray, starts: np.ndarray, context: int, n: int) -> torch.Tensor:
+    """x_{t+1..t+n} for every window position: [windows, context, n]."""
+    offsets = starts[:, None, None] + np.arange(context)[None, :, None] + np.arange(1, n + 1)
+    return torch.from_numpy(ids[offsets].astype(np.int64))
+
+
+def _sha_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def cached_hidden(model, model_dir, ids, starts, context, tag: str, log) -> torch.Tensor:
+    """Hidden states from the braid cache dir, computed and stored on a miss."""
+    from braid.training.corpus import cache_root
+
+    weights = sorted(model_dir.glob("*.safetensors"))
+    key = hashlib.sha256(
+        "|".join([*(_sha_file(w) for w in weights), tag, str(context)]).encode()
+        + starts.tobytes()
+        + ids[: 1 << 16].tobytes()
+    ).hexdigest()[:20]
+    path = cache_root() / "heads_hidden" / f"{key}.pt"
+    if path.exists():
+        return torch.load(path)
+    log(f"computing hidden states of {len(starts) * context:,} {tag} tokens")
+    hidden = hidden_states(model, ids, starts, context)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(hidden, tmp)
+    tmp.replace(path)
+    return hidden
+
+
+def heads_loss(
+    heads: CPHeads, hidden: torch.Tensor, targets: torch.Tensor, unembed, balance: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(objective, mean joint NLL) for hidden [N, d] and targets [N, n]."""
+    log_w = heads.log_weights(hidden)
+    lp = gather_targets(heads.factor_log_probs(hidden, unembed), targets)
+    nll = joint_nll(log_w, lp).mean()
+    return nll + balance * load_balance(log_w), nll
+
+
+@torch.no_grad()
+def evaluate(heads, hidden, targets, unembed, batch: int = 256) -> float:
+    """Mean joint NLL (nats per position) over all rows of hidden [N, d] / targets [N, n]."""
+    total = 0.0
+    for i in range(0, hidden.shape[0], batch):
+        h = hidden[i : i + batch].float()
+        _, nll = heads_loss(heads, h, targets[i : i + batch], unembed, 0.0)
+        total += float(nll) * h.shape[0]
+    return total / hidden.shape[0]
+
+
+def _lr(step: int, cfg: HeadsTrainConfig, peak: float) -> float:
+    warm = max(1, cfg.steps // 20)
+    if step < warm:
+        return peak * (step + 1) / warm
+    frac = (step - warm) / max(1, cfg.steps - warm)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -> dict:
+    """Train, evaluate and save heads to ``cfg.out``; returns the saved config as a dict."""
+    from tqdm.auto import tqdm
+
+    from braid.llm import bundled_model
+    from braid.model.loader import resolve_model_dir
+
+    check_config(cfg)
+    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    model_dir = resolve_model_dir(cfg.model) if cfg.model else bundled_model()
+    model = load_base(model_dir, device)
+    embed = model.get_output_embeddings().weight.detach()  # the shared, frozen unembedding
+
+    def unembed(x: torch.Tensor) -> torch.Tensor:  # exact: evaluation
+        return F.linear(x, embed)
+
+    # training logits in bf16 where the hardware has it (about 2x on this CPU); softmax in fp32
+    fast_embed = embed.to(torch.bfloat16) if _native_bf16(device) else embed
+
+    def unembed_train(x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(fast_embed.dtype), fast_embed)
+
+    mc = model.config
+    train_ids, val_ids, corpus_meta = token_streams(model_dir, cfg.data)
+    context = min(cfg.context, mc.max_position_embeddings)
+    tr_starts = window_starts(len(train_ids), cfg.train_tokens, context, cfg.seed)
+    va_starts = window_starts(len(val_ids), cfg.val_tokens, context, cfg.seed + 1)
+    val_h = cached_hidden(model, model_dir, val_ids, va_starts, context, "val", log)
+    val_h = val_h.flatten(0, 1)
+    val_t = targets_for(val_ids, va_starts, context, cfg.n).flatten(0, 1)
+
+    hc = HeadsConfig(
+        n=cfg.n,
+        rank=cfg.rank,
+        hidden_size=mc.hidden_size,
+        vocab_size=embed.shape[0],
+        kind=cfg.kind,
+        bottleneck=cfg.bottleneck,
+        base_first=cfg.base_first,
+    )
+    torch.manual_seed(cfg.seed)
+    heads = CPHeads(hc, seed=cfg.seed).to(device)
+    params = [{"params": list(heads.parameters()), "lr": cfg.lr, "peak": cfg.lr}]
+    if cfg.finetune:
+        model.requires_grad_(True).train()
+        model.get_input_embeddings().requires_grad_(False)
+        body = [p for p in model.parameters() if p.requires_grad]
+        params.append({"params": body, "lr": cfg.finetune_lr, "peak": cfg.finetune_lr})
+        train_h = train_t = None
+    else:
+        train_h = cached_hidden(model, model_dir, train_ids, tr_starts, context, "train", log)
+        train_h = train_h.flatten(0, 1)
+        train_t = targets_for(train_ids, tr_starts, context, cfg.n).flatten(0, 1)
+    opt = torch.optim.AdamW(params, weight_decay=0.0, betas=(0.9, 0.95))
+
+    initial = evaluate(heads, val_h.to(device), val_t.to(device), unembed)
+    log(f"initial joint validation NLL {initial:.4f} nats/position")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history, started = [], time.perf_counter()
+    bar = tqdm(range(cfg.steps), disable=quiet, unit="step", dynamic_ncols=True, file=sys.stderr)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, cfg, g["peak"])
+        if cfg.finetune:
+            loss, nll = _finetune_loss(model, heads, train_ids, cfg, context, step, unembed_train)
+        else:
+            rows = torch.randint(0, train_h.shape[0], (cfg.batch_size,), generator=gen)
+            h, t = train_h[rows].float().to(device), train_t[rows].to(device)
+            loss, nll = heads_loss(heads, h, t, unembed_train, cfg.balance)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append(nll.item())
+        bar.set_postfix(joint_nll=f"{history[-1]:.3f}", refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - started
+
+    out = Path(cfg.out)
+    base = {"path": str(model_dir), "name": model_dir.name, "model_type": mc.model_type}
+    if cfg.finetune:
+        model.eval()
+        _export(model, model_dir, out / "model")
+        base = {**base, "path": str(out / "model"), "name": f"{model_dir.name}+finetuned"}
+        embed = model.get_output_embeddings().weight.detach()
+        val_h = hidden_states(model, val_ids, va_starts, context).flatten(0, 1)
+    heads.eval()
+    val = evaluate(heads, val_h.to(device), val_t.to(device), unembed)
+    log(f"joint validation NLL {val:.4f} nats/position (initial {initial:.4f})")
+    hc.val_loss = round(val, 4)
+    hc.base_model = base
+    hc.training = {
+        "command": command,
+        "initial_val_loss": round(initial, 4),
+        "val_positions": int(val_h.shape[0]),
+        "train_positions": int(len(tr_starts) * context),
+        "steps": cfg.steps,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "balance": cfg.balance,
+        "finetune": cfg.finetune,
+        "seconds": round(seconds, 1),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "corpus": corpus_meta.get("name", cfg.data),
+        "last_train_nll": round(float(np.mean(history[-20:])), 4),
+    }
+    save_heads(heads.cpu(), out)
+    return hc.to_dict()
+
+
+def check_config(cfg: HeadsTrainConfig) -> None:
+    if not 2 <= cfg.n <= MAX_N:
+        raise ValueError(f"--n must be in [2, {MAX_N}], got {cfg.n}")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.train_tokens < 1 or cfg.val_tokens < 1:
+        raise ValueError("--steps, --batch-size, --train-tokens and --val-tokens must be >= 1")
+
+
+def _finetune_loss(model, heads, ids, cfg, context, step, unembed):
+    """LM loss + heads loss on fresh windows; the hidden states carry gradients to the body."""
+    windows = max(1, cfg.batch_size // 64)
+    rng = np.random.default_rng([cfg.seed, step])
+    starts = rng.integers(0, len(ids) - context - MAX_N, windows)
+    device = next(model.parameters()).device
+    rows = torch.from_numpy(np.stack([ids[s : s + context] for s in starts]).astype(np.int64))
+    rows = rows.to(device)
+    hidden = model.model(input_ids=rows).last_hidden_state
+    logits = unembed(hidden[:, :-1]).flatten(0, 1).float()
+    lm = F.cross_entropy(logits, rows[:, 1:].flatten())
+    pick = torch.from_numpy(rng.integers(0, windows * context, cfg.batch_size))
+    h = hidden.flatten(0, 1)[pick.to(device)]
+    t = targets_for(ids, starts, context, cfg.n).flatten(0, 1)[pick].to(device)
+    loss, nll = heads_loss(heads, h, t, unembed, cfg.balance)
+    return loss + lm, nll
+
+
+def _export(model: torch.nn.Module, model_dir: Path, out: Path) -> None:
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        with contextlib.suppress(FileNotFoundError, shutil.SameFileError):
+            shutil.copyfile(model_dir / name, out / name)
+
+
+# ---------------------------------------------------------------- command line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = HeadsTrainConfig(out="")
+    p.add_argument("--out", required=True, help="output directory for heads.safetensors/json")
+    p.add_argument("--model", help="base model directory (default: the bundled target)")
+    p.add_argument("--data", help="text file or directory (default: CPython stdlib sources)")
+    p.add_argument("--n", type=int, default=d.n, help=f"tokens per hidden state (default {d.n})")
+    p.add_argument("--rank", type=int, default=d.rank, help=f"CP rank r (default {d.rank})")
+    p.add_argument("--kind", choices=KINDS, default=d.kind, help="projection per position/expert")
+    p.add_argument("--bottleneck", type=int, default=d.bottleneck, help="residual block width")
+    p.add_argument(
+        "--base-first",
+        action="store_true",
+        help="position 1 reuses the base model's next-token distribution",
+    )
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="positions per step")
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--balance", type=float, default=d.balance, help="load-balancing weight")
+    p.add_argument("--train-tokens", type=int, default=d.train_tokens, help="cached positions")
+    p.add_argument("--val-tokens", type=int, default=d.val_tokens)
+    p.add_argument("--context", type=int, default=d.context, help="window of the base model")
+    p.add_argument("--finetune", action="store_true", help="train the backbone jointly")
+    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = default)")
+    p.add_argument("--device", default=d.device, help="auto (cuda if available, else cpu)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from braid.errors import BraidError
+
+    names = set(HeadsTrainConfig.__dataclass_fields__)
+    cfg = HeadsTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    argv = getattr(args, "argv", None) or sys.argv[1:]
+    command = "braid " + " ".join(argv)
+    try:
+        saved = train_heads(cfg, command=command, quiet=args.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        raise BraidError(f"train-heads: {e}") from None
+    if not args.quiet:
+        print(f"wrote {cfg.out}: joint validation NLL {saved['val_loss']:.4f} nats/position")
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train-heads",
+        help="train CP multi-token heads on a model (needs .[train])",
+        description=__doc__.split("\n\n")[0],
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p

@@ -1,0 +1,129 @@
+"""Training, storage and loading of CP heads on a tiny model."""
+
+import json
+
+import pytest
+import torch
+from helpers import CORPUS, hf_model, make_hf_model
+
+from braid import LLM, ModelLoadError, SamplingParams
+from braid.cli import main
+from braid.heads import CPHeads, HeadsConfig, load_heads, save_heads
+from braid.heads.train import HeadsTrainConfig, train_heads
+from braid.model import load_model
+from braid.model.batch import Append, build_batch
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("BRAID_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text(CORPUS * 12)
+    return path
+
+
+def test_transformers_last_hidden_state_is_braids_return_hidden(llama_dir):
+    """The heads are trained on transformers' states and run on braid's: they must agree."""
+    ids = [5, 7, 9, 11, 13, 2, 3, 200, 17]
+    with torch.no_grad():
+        ref = hf_model(llama_dir).model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    model, _ = load_model(llama_dir, "fp32")
+    batch = build_batch([Append(model.new_pool(1).new_graph(), ids, range(len(ids)))])
+    _, hidden = model.forward(batch, return_hidden=True)
+    assert float((hidden - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_a_short_training_run_lowers_the_joint_loss(llama_dir, corpus_file, tmp_path):
+    cfg = HeadsTrainConfig(
+        out=str(tmp_path / "heads"),
+        model=str(llama_dir),
+        data=str(corpus_file),
+        n=3,
+        rank=2,
+        steps=40,
+        batch_size=32,
+        lr=1e-2,
+        train_tokens=512,
+        val_tokens=128,
+        context=32,
+    )
+    saved = train_heads(cfg, quiet=True)
+    initial, final = saved["training"]["initial_val_loss"], saved["val_loss"]
+    assert final < 0.8 * initial, (initial, final)
+    on_disk = json.loads((tmp_path / "heads" / "heads.json").read_text())
+    assert on_disk["val_loss"] == final and on_disk["base_model"]["path"] == str(llama_dir)
+    heads = load_heads(tmp_path / "heads", hidden_size=64, vocab_size=320)
+    assert (heads.config.n, heads.config.rank) == (3, 2)
+
+
+def test_train_heads_cli_and_joint_finetuning(llama_dir, corpus_file, tmp_path):
+    out = tmp_path / "ft"
+    args = ["train-heads", "--model", str(llama_dir), "--data", str(corpus_file), "--n", "2"]
+    args += ["--rank", "2", "--steps", "3", "--batch-size", "64", "--train-tokens", "64"]
+    args += ["--val-tokens", "64", "--context", "32", "--finetune", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    config = json.loads((out / "heads.json").read_text())
+    assert config["base_model"]["path"] == str(out / "model")
+    assert config["training"]["finetune"] is True
+    # the fine-tuned model moved, and it decodes with its heads
+    before = hf_model(llama_dir).model.layers[0].mlp.down_proj.weight
+    after = hf_model(out / "model").model.layers[0].mlp.down_proj.weight
+    assert not torch.equal(before, after)
+    llm = LLM(out / "model", dtype="fp32", heads=out)
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    assert len(llm.generate("def", params, method="heads")[0].token_ids) == 6
+
+
+def test_train_heads_cli_rejects_bad_settings(capsys, tmp_path):
+    assert main(["train-heads", "--n", "1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--n must be" in err
+
+
+@pytest.mark.parametrize("kind", ["residual", "linear"])
+def test_save_load_round_trip(tmp_path, kind):
+    cfg = HeadsConfig(n=3, rank=2, hidden_size=16, vocab_size=40, kind=kind, bottleneck=4)
+    heads = CPHeads(cfg, seed=3)
+    with torch.no_grad():
+        for p in heads.parameters():
+            p.add_(torch.randn_like(p))
+    exact = load_heads(save_heads(heads, tmp_path / "fp32", dtype=torch.float32))
+    for (name, a), (_, b) in zip(heads.state_dict().items(), exact.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert exact.config == heads.config
+    small = load_heads(save_heads(heads, tmp_path / "bf16"))  # default: bf16 on disk
+    for a, b in zip(heads.state_dict().values(), small.state_dict().values()):
+        assert torch.allclose(a, b, rtol=1 / 128, atol=0)
+
+
+def test_mismatched_heads_are_refused(llama_dir, tmp_path):
+    for name, hidden, vocab, match in (
+        ("hid", 32, 320, "hidden size 32, this model has 64"),
+        ("voc", 64, 500, "vocabulary size 500, this model has 320"),
+    ):
+        save_heads(
+            CPHeads(HeadsConfig(n=2, rank=1, hidden_size=hidden, vocab_size=vocab)), tmp_path / name
+        )
+        with pytest.raises(ModelLoadError, match=match):
+            LLM(llama_dir, dtype="fp32", heads=tmp_path / name)
+    with pytest.raises(ModelLoadError, match="no CP heads here"):
+        LLM(llama_dir, dtype="fp32", heads=tmp_path)
+    (tmp_path / "hid" / "heads.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not a valid heads config"):
+        load_heads(tmp_path / "hid")
+
+
+def test_heads_for_another_architecture_size_work(tmp_path):
+    """Any model braid loads: qwen3 (head_dim != hidden / heads) with fresh heads decodes."""
+    d = make_hf_model("qwen3", tmp_path / "q")
+    save_heads(CPHeads(HeadsConfig(n=3, rank=2, hidden_size=64, vocab_size=320)), tmp_path / "h")
+    llm = LLM(d, dtype="fp32", heads=tmp_path / "h")
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    assert (
+        llm.generate("x", params, method="heads")[0].token_ids
+        == llm.generate("x", params)[0].token_ids
+    )
