@@ -32,6 +32,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
 
 
+def parse_gamma(text: str) -> int | str:
+    """--gamma: an integer, or 'auto' for adaptive drafting."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+
+
 def _add_generate(sub) -> None:
     p = sub.add_parser(
         "generate",
@@ -49,12 +59,35 @@ def _add_generate(sub) -> None:
         help="ar: one token per pass; spec / block: a draft model proposes --gamma tokens, "
         "token-level / block verification keeps them (exact); mtad / mtad-tree: the draft "
         "beam-samples, a joint-ratio test against --tau keeps a prefix (lossy; equal to ar "
-        "at temperature 0)",
+        "at temperature 0); multiverse: a Multiverse model forks its own parallel paths and "
+        "the engine decodes them side by side",
     )
     p.add_argument("--draft", help="draft model directory (default: the bundled draft)")
-    p.add_argument("--gamma", type=int, default=4, help="drafted tokens per target pass")
+    p.add_argument(
+        "--heads",
+        help="CP heads directory for --method heads / heads-block (default: the bundled heads "
+        "of the bundled target); heads draft n - 1 tokens from each target pass",
+    )
+    p.add_argument(
+        "--gamma",
+        type=parse_gamma,
+        default=4,
+        help="drafted tokens per target pass, or 'auto' (spec, block): adapted per request from "
+        "its acceptance",
+    )
     p.add_argument("--beams", type=int, default=4, help="mtad: beams of the draft")
     p.add_argument("--tau", type=float, default=0.5, help="mtad: joint acceptance threshold")
+    p.add_argument(
+        "--max-paths", type=int, default=16, help="multiverse: larger forks decode sequentially"
+    )
+    p.add_argument(
+        "--max-depth", type=int, default=4, help="multiverse: deeper nesting decodes sequentially"
+    )
+    p.add_argument(
+        "--max-total-tokens",
+        type=int,
+        help="multiverse: bound on all tokens across paths (--max-tokens bounds the critical path)",
+    )
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -108,6 +141,7 @@ def _generate(args) -> int:
         seed=args.seed,
         stop=args.stop,
         ignore_eos=args.ignore_eos,
+        max_total_tokens=args.max_total_tokens,
     )
     llm = LLM(
         args.model,
@@ -115,8 +149,10 @@ def _generate(args) -> int:
         threads=args.threads,
         max_batch=args.max_batch,
         draft=args.draft,
+        heads=args.heads,
     )
-    if len(prompts) == 1 and not args.json and not args.no_stream:
+    multiverse = args.method == "multiverse"
+    if len(prompts) == 1 and not args.json and not args.no_stream and not multiverse:
         stream = llm.stream(
             prompts[0], params, method=args.method, gamma=args.gamma, beams=args.beams, tau=args.tau
         )
@@ -134,7 +170,11 @@ def _generate(args) -> int:
         gamma=args.gamma,
         beams=args.beams,
         tau=args.tau,
+        max_paths=args.max_paths,
+        max_depth=args.max_depth,
     )
+    if multiverse:
+        return _print_multiverse(outputs, args)
     for out in outputs:
         if args.json:
             print(
@@ -152,6 +192,22 @@ def _generate(args) -> int:
             print(out.text)
         if args.stats and not args.json:
             print(json.dumps(out.stats.as_dict()), file=sys.stderr)
+    return 0
+
+
+def _print_multiverse(outputs, args) -> int:
+    """The structure readable at a glance (colour on a terminal), then what parallelism bought."""
+    from braid.multiverse.display import render, summary, tree
+
+    colour = sys.stdout.isatty()
+    for out in outputs:
+        if args.json:
+            record = {"prompt": out.prompt, "text": out.text, "tree": tree(out.text)}
+            record.update(finish_reason=out.finish_reason, stats=out.stats.as_dict())
+            print(json.dumps(record))
+            continue
+        print(render(out.text, colour))
+        print(summary(out), file=sys.stderr)
     return 0
 
 
@@ -219,10 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models(sub)
     # these modules import their heavy dependencies (transformers) only when run
     from braid.bench.cli import add_parser as add_bench
+    from braid.heads.train import add_parser as add_train_heads
+    from braid.multiverse.data_cli import add_parsers as add_multiverse_data
     from braid.training.train_lm import add_parser as add_train_lm
 
     add_bench(sub)
     add_train_lm(sub)
+    add_train_heads(sub)
+    add_multiverse_data(sub)
     return parser
 
 

@@ -11,13 +11,14 @@ import torch
 from braid.engine.engine import Engine
 from braid.engine.request import RequestOutput
 from braid.errors import InvalidRequestError, ModelLoadError
-from braid.methods import DRAFT_METHODS, METHODS, make_method
+from braid.methods import DRAFT_METHODS, HEADS_METHODS, METHODS, make_method
 from braid.model.loader import load_model
 from braid.model.tokenizer import Tokenizer
 from braid.model.transformer import Transformer
 from braid.sampling import SamplingParams
 
 ASSETS = Path(__file__).parent / "assets" / "models"
+BUNDLED_HEADS = Path(__file__).parent / "assets" / "heads" / "n4-r8"
 
 
 def bundled_model(name: str = "target") -> Path:
@@ -40,6 +41,8 @@ class LLM:
     max_batch: how many requests run at once (continuous batching admits the rest as they leave).
     draft: the draft model directory for `spec` / `block` (default: the bundled draft), loaded
     on first use; it must share the target's tokenizer on every id both have.
+    heads: CP heads directory for `heads` / `heads-block` (`braid train-heads`); default: the
+    bundled heads when the model is the bundled target. Loaded and checked here.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class LLM:
         threads: int | None = None,
         max_batch: int = 8,
         draft: str | Path | None = None,
+        heads: str | Path | None = None,
     ):
         if threads is not None and threads < 1:
             raise InvalidRequestError(f"threads must be >= 1, got {threads}")
@@ -68,6 +72,9 @@ class LLM:
         self.dtype = self.model.dtype
         self._draft_path = draft
         self._draft: Transformer | None = None
+        if heads is None and model is None and (BUNDLED_HEADS / "heads.json").exists():
+            heads = BUNDLED_HEADS
+        self._heads = None if heads is None else self._load_heads(heads)
 
     def draft_model(self) -> Transformer:
         if self._draft is None:
@@ -77,18 +84,38 @@ class LLM:
             self._draft = draft
         return self._draft
 
-    def _engine(self, method: str, gamma: int = 4, beams: int = 4, tau: float = 0.5) -> Engine:
-        if gamma < 1 or beams < 1 or not tau > 0:
-            raise InvalidRequestError(
-                f"need gamma >= 1, beams >= 1 and tau > 0; got {gamma}, {beams}, {tau}"
-            )
+    def _load_heads(self, path: str | Path):
+        from braid.heads.io import load_heads
+
+        c = self.model.config
+        return load_heads(path, hidden_size=c.hidden_size, vocab_size=c.vocab_size)
+
+    def _engine(
+        self,
+        method: str,
+        gamma: int | str = 4,
+        beams: int = 4,
+        tau: float = 0.5,
+        max_paths: int = 16,
+        max_depth: int = 4,
+    ) -> Engine:
+        if gamma == "auto":
+            if method not in ("spec", "block"):
+                raise InvalidRequestError(
+                    f"gamma='auto' (adaptive) is for methods spec and block, not {method!r}"
+                )
+        elif not isinstance(gamma, int) or gamma < 1:
+            raise InvalidRequestError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")
+        if beams < 1 or not tau > 0:
+            raise InvalidRequestError(f"need beams >= 1 and tau > 0; got {beams}, {tau}")
         if method not in METHODS:
             raise InvalidRequestError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
         draft = self.draft_model() if method in DRAFT_METHODS else None
+        heads = self._heads if method in HEADS_METHODS else None
         return Engine(
             self.model,
             self.tokenizer,
-            make_method(method, draft, gamma, beams, tau),
+            make_method(method, draft, gamma, beams, tau, max_paths, max_depth, heads=heads),
             self.max_batch,
         )
 
@@ -98,9 +125,11 @@ class LLM:
         params: SamplingParams | Sequence[SamplingParams] | None = None,
         method: str = "ar",
         use_tqdm: bool = False,
-        gamma: int = 4,
+        gamma: int | str = 4,
         beams: int = 4,
         tau: float = 0.5,
+        max_paths: int = 16,
+        max_depth: int = 4,
     ) -> list[RequestOutput]:
         """Generate for every prompt (text, or a list of token ids); outputs in prompt order.
 
@@ -108,7 +137,12 @@ class LLM:
         block verification (exact: the output distribution of "ar"); "mtad" / "mtad-tree": the
         draft beam-samples (`beams` beams) and the target keeps the longest draft prefix whose
         joint probability ratio exceeds `tau` (lossy by design; equal to "ar" at temperature 0).
-        gamma: drafted tokens per target pass.
+        gamma: drafted tokens per target pass; "auto" (spec, block) adapts it per request from
+        its acceptance (+2 after a fully accepted draft, -1 after a rejection, 1..8).
+        "multiverse": the model forks its own parallel paths (`</Goal>` with numbered outlines);
+        blocks with more than `max_paths` paths or
+        nested deeper than `max_depth` decode sequentially; max_tokens bounds the critical path
+        and SamplingParams.max_total_tokens all tokens (see braid.methods.multiverse).
         """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
@@ -119,7 +153,7 @@ class LLM:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise InvalidRequestError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
-        engine = self._engine(method, gamma, beams, tau)
+        engine = self._engine(method, gamma, beams, tau, max_paths, max_depth)
         progress = None
         if use_tqdm:
             from tqdm import tqdm
@@ -136,7 +170,7 @@ class LLM:
         prompt: str | Sequence[int],
         params: SamplingParams | None = None,
         method: str = "ar",
-        gamma: int = 4,
+        gamma: int | str = 4,
         beams: int = 4,
         tau: float = 0.5,
     ) -> Iterator[str]:

@@ -8,7 +8,7 @@ distribution is one-hot on the first maximal logit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +23,10 @@ class SamplingParams:
     temperature: 0 means greedy. top_k: 0 disables. top_p: in (0, 1]. min_p: in [0, 1], keep
     tokens with probability >= min_p * the top probability. seed: same seed, same output,
     whatever else is in the batch. stop: strings that end generation (not included in the text).
+    max_total_tokens: multiverse only - all tokens across parallel paths (max_tokens bounds
+    the critical path there); None = up to the context. logits_processors: callables
+    `(generated_ids, logits) -> logits` applied to the raw logits before sampling, as in vLLM
+    (methods "ar" and "multiverse"; in multiverse, generated_ids are those the token sees).
     """
 
     max_tokens: int = 64
@@ -34,6 +38,10 @@ class SamplingParams:
     stop: Sequence[str] = field(default_factory=tuple)
     stop_token_ids: Sequence[int] = field(default_factory=tuple)
     ignore_eos: bool = False
+    max_total_tokens: int | None = None
+    logits_processors: Sequence[Callable[[list[int], torch.Tensor], torch.Tensor]] = field(
+        default_factory=tuple
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -52,6 +60,13 @@ class SamplingParams:
             raise InvalidRequestError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.max_total_tokens is not None and self.max_total_tokens < 1:
+            raise InvalidRequestError(
+                f"max_total_tokens must be >= 1 or None, got {self.max_total_tokens}"
+            )
+        self.logits_processors = tuple(self.logits_processors)
+        if any(not callable(f) for f in self.logits_processors):
+            raise InvalidRequestError("logits_processors must be callables (ids, logits) -> logits")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop strings must be non-empty")
 

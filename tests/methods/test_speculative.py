@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import hf_model, make_hf_model, noisy_copy
 
-from braid import LLM, ModelLoadError, SamplingParams
+from braid import LLM, InvalidRequestError, ModelLoadError, SamplingParams
 
 PROMPTS = ["The quick brown fox", "def", "Ünïcödé façade, naïve", "x", "emoji 🙂🚀"]
 
@@ -16,7 +16,7 @@ def near_draft(llama_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["spec", "block"])
-@pytest.mark.parametrize("gamma", [1, 3, 6])
+@pytest.mark.parametrize("gamma", [1, 3, 6, "auto"])
 def test_greedy_is_token_identical_to_ar_with_continuous_batching(
     llama_dir, near_draft, method, gamma
 ):
@@ -33,6 +33,16 @@ def test_greedy_is_token_identical_to_ar_with_continuous_batching(
     accepted = sum(s.accepted_tokens for s in stats)
     assert 0 < accepted < proposed  # partial acceptance: the rollback paths really ran
     assert all(s.passes < s.generated_tokens for s in stats if s.generated_tokens > 10)
+    if gamma == "auto":  # the schedule moved: not every step drafted the starting 4 tokens
+        assert any(s.draft_tokens != 4 * s.passes for s in stats if s.generated_tokens > 10)
+
+
+def test_adaptive_gamma_only_for_spec_and_block(llama_dir, near_draft):
+    llm = LLM(llama_dir, dtype="fp32", draft=near_draft)
+    with pytest.raises(InvalidRequestError, match="auto"):
+        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=3), method="mtad", gamma="auto")
+    with pytest.raises(InvalidRequestError, match="gamma"):
+        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=3), method="spec", gamma=0)
 
 
 def exact_two_token_distribution(model_dir, prompt_ids, top_k):

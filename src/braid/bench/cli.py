@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from braid.cli import parse_gamma
 from braid.errors import BraidError
 
 
@@ -43,7 +44,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="transformers: its generate(); transformers-assisted: generate(assistant_"
         "model=the draft) with --gamma drafted tokens (batch 1 only); none",
     )
-    p.add_argument("--gamma", type=int, default=4, help="drafted tokens per target pass")
+    p.add_argument(
+        "--gamma",
+        type=parse_gamma,
+        default=4,
+        help="drafted tokens per target pass, or 'auto' (spec and block adapt it per request; "
+        "the other draft methods and the peer use 4)",
+    )
     p.add_argument("--model", action="append", default=[], help="model directory (repeatable)")
     p.add_argument(
         "--config",

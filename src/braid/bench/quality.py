@@ -60,10 +60,14 @@ def empirical_tv(a: Sequence[tuple], b: Sequence[tuple]) -> float:
 
 
 def first_token_samples(
-    llm, prompt: Sequence[int], method: str, seeds: range, k: int, gamma: int
+    llm, prompt: Sequence[int], method: str, seeds: range, k: int, gamma: int | str
 ) -> list[tuple]:
+    from braid.bench.runner import method_gamma
+
+    gamma = method_gamma(method, gamma)
+    longest = 8 if gamma == "auto" else gamma  # "auto" drafts at most 8
     params = [
-        SamplingParams(max_tokens=max(k, gamma + 1), temperature=1.0, seed=s, ignore_eos=True)
+        SamplingParams(max_tokens=max(k, longest + 1), temperature=1.0, seed=s, ignore_eos=True)
         for s in seeds
     ]
     outs = llm.generate([list(prompt)] * len(seeds), params, method=method, gamma=gamma)
@@ -74,7 +78,7 @@ def distance_from_ar(
     llm,
     prompts: Sequence[Sequence[int]],
     methods: Sequence[str],
-    gamma: int = 4,
+    gamma: int | str = 4,
     seeds: int = 256,
     k: int = 2,
 ) -> dict[str, float]:

@@ -70,13 +70,22 @@ def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[l
 PEERS = ("transformers", "transformers-assisted", "none")
 
 
+def method_gamma(method: str, gamma: int | str) -> int | str:
+    """"auto" adapts gamma in spec and block; the other draft methods draft a fixed 4."""
+    return 4 if gamma == "auto" and method not in ("spec", "block") else gamma
+
+
 class Peer:
     """transformers' own `generate` on the same checkpoint, optionally with its assisted
     generation (`assistant_model`) on the same draft. For a fair comparison the assistant drafts
     a fixed `gamma` tokens (constant schedule) and its confidence early-exit is off."""
 
     def __init__(
-        self, model_dir: Path, dtype: torch.dtype, draft: Path | None = None, gamma: int = 4
+        self,
+        model_dir: Path,
+        dtype: torch.dtype,
+        draft: Path | None = None,
+        gamma: int | str = 4,
     ):
         import transformers as tf
 
@@ -87,8 +96,10 @@ class Peer:
             self.name = "transformers-assisted"
             self.assistant = tf.AutoModelForCausalLM.from_pretrained(draft, dtype=dtype).eval()
             config = self.assistant.generation_config
-            config.num_assistant_tokens = gamma
-            config.num_assistant_tokens_schedule = "constant"
+            # gamma "auto": transformers' own adaptive schedule, the rule braid's "auto" follows
+            auto = gamma == "auto"
+            config.num_assistant_tokens = 4 if auto else gamma
+            config.num_assistant_tokens_schedule = "heuristic" if auto else "constant"
             config.assistant_confidence_threshold = 0.0
 
     def supports(self, batch: int) -> bool:
@@ -226,7 +237,9 @@ def _time_group(
             if contender == "peer":
                 tokens["peer"] = ref.generate(prompts, new_tokens, batch, temperature)
             else:
-                outs = llm.generate(prompts, params, method=contender, gamma=gamma)
+                outs = llm.generate(
+                    prompts, params, method=contender, gamma=method_gamma(contender, gamma)
+                )
                 tokens[contender] = [o.token_ids for o in outs]
                 stats[contender] = [o.stats for o in outs]
             elapsed = time.perf_counter() - t

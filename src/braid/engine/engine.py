@@ -56,6 +56,16 @@ class Engine:
                 f"prompt has {len(ids)} tokens; the model's context is {self.max_context}, "
                 "leaving no room to generate: shorten the prompt"
             )
+        if params.logits_processors and not getattr(
+            self.method, "supports_logits_processors", False
+        ):
+            raise InvalidRequestError(
+                f"logits_processors are supported by methods 'ar' and 'multiverse', "
+                f"not {self.method.name!r}"
+            )
+        check = getattr(self.method, "check", None)
+        if check is not None:
+            check(self, params)
         req = Request(
             self._next_id, text, ids, params, self.tokenizer, self.eos_token_ids, self.max_context
         )

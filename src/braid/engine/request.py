@@ -21,6 +21,12 @@ class RequestStats:
     draft_tokens: int = 0  # proposed by a drafter (speculative methods)
     accepted_tokens: int = 0  # of those, kept by the acceptance rule
     draft_passes: int = 0  # small-model passes
+    # multiverse: the longest chain of positions, forks, paths, refused forks, what went wrong
+    critical_path: int = 0
+    blocks: int = 0
+    paths: int = 0
+    fallbacks: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def acceptance_rate(self) -> float:
@@ -29,6 +35,11 @@ class RequestStats:
     @property
     def tokens_per_s(self) -> float:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def parallelism(self) -> float:
+        """Generated tokens per step of the critical path (1.0 for sequential decoding)."""
+        return self.generated_tokens / self.critical_path if self.critical_path else 1.0
 
     @property
     def tokens_per_pass(self) -> float:
@@ -50,6 +61,18 @@ class RequestStats:
                     "draft_passes": self.draft_passes,
                 }
                 if self.draft_tokens
+                else {}
+            ),
+            **(
+                {
+                    "critical_path": self.critical_path,
+                    "parallelism": round(self.parallelism, 3),
+                    "blocks": self.blocks,
+                    "paths": self.paths,
+                    "fallbacks": self.fallbacks,
+                    "warnings": list(self.warnings),
+                }
+                if self.critical_path
                 else {}
             ),
         }
@@ -109,6 +132,8 @@ class Request:
         self.output_ids: list[int] = []
         self.text = ""
         self.emitted = 0  # characters of `text` already streamed
+        # text pieces to stream, for methods whose output is not a growing prefix (multiverse)
+        self.chunks: list[str] | None = None
         self.finish_reason: str | None = None
         self.stats = RequestStats(prompt_tokens=len(prompt_ids))
         self.started: float | None = None
@@ -121,6 +146,11 @@ class Request:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
+
+    @property
+    def stop_ids(self) -> set[int]:
+        """Token ids that end the request (eos unless ignored, and stop_token_ids)."""
+        return self._stop_ids
 
     @property
     def num_tokens(self) -> int:
@@ -161,6 +191,9 @@ class Request:
 
     def take_delta(self) -> str:
         """New text since the last call; holds back a tail that could still start a stop string."""
+        if self.chunks is not None:
+            delta, self.chunks = "".join(self.chunks), []
+            return delta
         end = len(self.text)
         if not self.finished and self.params.stop:
             end -= max(len(s) for s in self.params.stop) - 1

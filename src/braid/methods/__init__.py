@@ -21,12 +21,23 @@ class Method(Protocol):
         """Free whatever the method holds for a finished or aborted request."""
 
 
-METHODS = ("ar", "spec", "block", "mtad", "mtad-tree")
+METHODS = ("ar", "spec", "block", "mtad", "mtad-tree", "multiverse", "heads", "heads-block")
+HEADS_METHODS = ("heads", "heads-block")
 DRAFT_METHODS = ("spec", "block", "mtad", "mtad-tree")
 
 
-def make_method(name: str, draft=None, gamma: int = 4, beams: int = 4, tau: float = 0.5) -> Method:
-    """`draft` is a loaded draft `Transformer` for the draft-model methods."""
+def make_method(
+    name: str,
+    draft=None,
+    gamma: int = 4,
+    beams: int = 4,
+    tau: float = 0.5,
+    max_paths: int = 16,
+    max_depth: int = 4,
+    heads=None,
+) -> Method:
+    """`draft` is a loaded draft `Transformer` for the draft-model methods; `max_paths` and
+    `max_depth` cap the forks of "multiverse" (larger ones decode sequentially)."""
     if name == "ar":
         from braid.methods.autoregressive import Autoregressive
 
@@ -41,4 +52,14 @@ def make_method(name: str, draft=None, gamma: int = 4, beams: int = 4, tau: floa
         from braid.methods.mtad import Mtad
 
         return Mtad(draft, gamma=gamma, beams=beams, tau=tau, tree=name == "mtad-tree")
+    if name == "multiverse":
+        from braid.methods.multiverse import Multiverse
+
+        return Multiverse(max_paths=max_paths, max_depth=max_depth)
+    if name in HEADS_METHODS:  # `heads`: loaded CPHeads
+        if heads is None:
+            raise InvalidRequestError(f"method {name!r} needs CP heads (heads=DIR)")
+        from braid.methods.heads import HeadsSpeculative
+
+        return HeadsSpeculative(heads, rule=name)
     raise InvalidRequestError(f"unknown method {name!r}; available: {', '.join(METHODS)}")

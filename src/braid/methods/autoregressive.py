@@ -34,6 +34,7 @@ def sample_next(logits: torch.Tensor, requests: list[Request]) -> list[int]:
 
 class Autoregressive:
     name = "ar"
+    supports_logits_processors = True
 
     def step(self, engine: Engine, requests: list[Request]) -> None:
         appends, last = [], []
@@ -44,6 +45,11 @@ class Autoregressive:
             n += len(ids)
             last.append(n - 1)
         logits, _, _ = engine.forward(appends, torch.tensor(last))
+        if any(req.params.logits_processors for req in requests):
+            logits = logits.clone()  # a normal tensor: processors may write in place
+        for i, req in enumerate(requests):
+            for proc in req.params.logits_processors:
+                logits[i] = proc(req.output_ids, logits[i])
         for req, token in zip(requests, sample_next(logits, requests), strict=True):
             req.stats.passes += 1
             req.accept([token])

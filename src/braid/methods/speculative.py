@@ -5,6 +5,10 @@ tokens autoregressively (γ batched draft passes), the target scores the pending
 draft in one pass, and the rule keeps τ drafted tokens plus one token drawn from its residual.
 Both caches roll back with `truncate`; the drawn token is the next step's pending token. A new
 request needs no separate prefill: its prompt is simply the first pending input of both models.
+
+`gamma="auto"` adapts γ per request from what it just saw (the schedule `transformers` calls
+"heuristic"): +2 after a fully accepted draft, -1 after a rejection, within [1, 8]. Requests
+whose text the draft predicts well draft long, the others stop paying for drafts they lose.
 """
 
 from __future__ import annotations
@@ -26,29 +30,36 @@ if TYPE_CHECKING:
 RULES = {"spec": acceptance.token_level, "block": acceptance.block}
 
 
+AUTO_START, AUTO_MAX = 4, 8
+
+
 class DraftSpeculative:
-    def __init__(self, draft: Transformer, rule: str = "spec", gamma: int = 4):
-        if gamma < 1:
-            raise ValueError(f"gamma must be >= 1, got {gamma}")
+    def __init__(self, draft: Transformer, rule: str = "spec", gamma: int | str = 4):
+        self.adaptive = gamma == "auto"
+        if not self.adaptive and not (isinstance(gamma, int) and gamma >= 1):
+            raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")
         self.name = rule
         self.drafter = Drafter(draft)
         self.draft = draft
         self.rule = RULES[rule]
-        self.gamma = gamma
+        self.gamma = AUTO_START if self.adaptive else gamma
+        self.wanted: dict[int, int] = {}  # adaptive γ per request
 
     def release(self, request: Request) -> None:
         self.drafter.release(request)
+        self.wanted.pop(request.id, None)
 
     def step(self, engine: Engine, requests: list[Request]) -> None:
         vocab = engine.model.config.vocab_size
         graphs = {r.id: self.drafter.graph(engine, r) for r in requests}
-        gammas = {r.id: self.drafter.budget(engine, r, self.gamma) for r in requests}
+        wanted = {r.id: self.wanted.get(r.id, self.gamma) for r in requests}
+        gammas = {r.id: self.drafter.budget(engine, r, wanted[r.id]) for r in requests}
         drafts: dict[int, list[int]] = {r.id: [] for r in requests}
         q_rows: dict[int, list[torch.Tensor]] = {r.id: [] for r in requests}
         caught_up: dict[int, int] = {}  # draft rows valid before this step's own proposals
 
         # -- propose: step 0 catches up on unseen tokens, then one token per draft pass
-        for s in range(self.gamma):
+        for s in range(max(gammas.values())):
             active = [r for r in requests if gammas[r.id] > s]
             if not active:
                 break
@@ -99,6 +110,9 @@ class DraftSpeculative:
             nxt = int(residual.argmax()) if r.params.greedy else sample(residual, r.generator)
             r.stats.draft_tokens += k
             r.stats.accepted_tokens += tau
+            if self.adaptive and k:
+                step = 2 if tau == k else -1
+                self.wanted[r.id] = min(AUTO_MAX, max(1, wanted[r.id] + step))
             r.accept(drafts[r.id][:tau] + [nxt])
             # keep the pending input and the accepted draft; the drawn token is pending next
             r.graph.truncate(kept_base[r.id] + tau)

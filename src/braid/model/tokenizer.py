@@ -43,5 +43,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids
 
-    def decode(self, ids: list[int]) -> str:
-        return self._tok.decode(ids, skip_special_tokens=True)
+    def token_id(self, token: str) -> int | None:
+        """The id of a token (e.g. a special tag) or None if the vocabulary lacks it."""
+        return self._tok.token_to_id(token)
+
+    def decode(self, ids: list[int], special: bool = False) -> str:
+        """Text of `ids`; special tokens (eos, tags) are dropped unless `special`."""
+        return self._tok.decode(ids, skip_special_tokens=not special)

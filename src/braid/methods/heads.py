@@ -1,0 +1,120 @@
+"""Self-speculative decoding with CP multi-token heads (`heads`, `heads-block`).
+
+Each target pass returns, besides the logits, the final-normed hidden state of the row whose
+next token x_{t+1} is then sampled. The heads turn that state into a rank-r mixture over the
+next n tokens; the draft for position s (s = 2..n) is the mixture's marginal conditioned on
+x_{t+1} and the tokens drafted before it (`braid.heads.draft`), processed with the request's
+SamplingParams exactly like the target's distributions. The next pass appends x_{t+1} and the
+draft, the acceptance rule (`token_level` for `heads`, `block` for `heads-block`) keeps τ drafted
+tokens plus one drawn from its residual, the cache truncates, and the hidden state of the row
+that drew that token feeds the next draft. A request's first pass (its prompt) has no draft.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from braid.heads.draft import condition, marginal
+from braid.heads.module import CPHeads
+from braid.methods import acceptance
+from braid.model.batch import Append
+from braid.sampling import process_logits, sample
+
+if TYPE_CHECKING:
+    from braid.engine.engine import Engine
+    from braid.engine.request import Request
+
+RULES = {"heads": acceptance.token_level, "heads-block": acceptance.block}
+
+
+def _draft_unembed(engine: Engine):
+    """The target's unembedding without the exact fp32 fix-up near the top: a draft needs no
+    exact logits (any draft distribution keeps the rules exact), so bf16 models skip it."""
+    head = engine.model.lm_head
+    if getattr(head, "eps", None) is None:
+        return head
+    return lambda x: head.fast(x.to(head.dtype))
+
+
+class HeadsSpeculative:
+    def __init__(self, heads: CPHeads, rule: str = "heads"):
+        self.name = rule
+        self.rule = RULES[rule]
+        self.heads = heads.pack()
+        self.hidden: dict[int, torch.Tensor] = {}  # request id -> state that drew its last token
+
+    def release(self, request: Request) -> None:
+        self.hidden.pop(request.id, None)
+
+    def _budget(self, engine: Engine, r: Request) -> int:
+        if r.id not in self.hidden:
+            return 0
+        room = engine.max_context - r.num_tokens
+        return max(0, min(self.heads.config.n - 1, r.remaining - 1, room))
+
+    @torch.inference_mode()
+    def _draft(self, engine: Engine, requests: list[Request], budgets: dict[int, int]):
+        """Drafted tokens and their processed draft distributions, per request id."""
+        drafts = {r.id: ([], []) for r in requests}
+        active = [r for r in requests if budgets[r.id]]
+        if not active:
+            return drafts
+        c = self.heads.config
+        hidden = torch.stack([self.hidden[r.id] for r in active])
+        log_w = self.heads.log_weights(hidden)
+        # position 1 only matters to condition a mixture on the token the target sampled
+        first = c.rank > 1 and not c.base_first
+        stop = 1 + max(budgets[r.id] for r in active)
+        probs = self.heads.factor_log_probs(
+            hidden, _draft_unembed(engine), stop, skip_first=not first, log=False
+        )
+        for i, r in enumerate(active):
+            post = log_w[i] - torch.logsumexp(log_w[i], 0)
+            rows = probs[i, 1:] if first else probs[i]  # rows[j]: position j + 2
+            if first:
+                post = condition(post, probs[i, 0], r.all_ids[-1])
+            tokens, qs = drafts[r.id]
+            for j in range(budgets[r.id]):
+                q = process_logits(marginal(post, rows[j]).log()[None], [r.params])[0]
+                y = int(q.argmax()) if r.params.greedy else sample(q, r.generator)
+                tokens.append(y)
+                qs.append(q)
+                if j + 1 < budgets[r.id]:
+                    post = condition(post, rows[j], y)
+        return drafts
+
+    def step(self, engine: Engine, requests: list[Request]) -> None:
+        budgets = {r.id: self._budget(engine, r) for r in requests}
+        drafts = self._draft(engine, requests, budgets)
+
+        # -- verify: pending token(s) plus the draft in one target pass, hidden states included
+        appends, rows, n, kept_base = [], [], 0, {}
+        for r in requests:
+            draft = drafts[r.id][0]
+            ids = r.all_ids[r.graph.length :] + draft
+            kept_base[r.id] = r.num_tokens
+            appends.append(Append(r.graph, ids, range(r.graph.length, r.graph.length + len(ids))))
+            rows.extend(range(n + len(ids) - len(draft) - 1, n + len(ids)))
+            n += len(ids)
+        logits, hidden, _ = engine.forward(appends, torch.tensor(rows), return_hidden=True)
+        offset = 0
+        for r in requests:
+            draft, qs = drafts[r.id]
+            k = len(draft)
+            p = process_logits(logits[offset : offset + k + 1], [r.params] * (k + 1))
+            if k:
+                plan = self.rule(torch.tensor(draft), torch.stack(qs).to(p.dtype), p)
+                tau = plan.decide(torch.rand(k, generator=r.generator, dtype=p.dtype))
+                residual = plan.residuals[tau]
+            else:
+                tau, residual = 0, p[0]
+            nxt = int(residual.argmax()) if r.params.greedy else sample(residual, r.generator)
+            self.hidden[r.id] = hidden[offset + tau]
+            offset += k + 1
+            r.stats.passes += 1
+            r.stats.draft_tokens += k
+            r.stats.accepted_tokens += tau
+            r.accept(draft[:tau] + [nxt])
+            r.graph.truncate(kept_base[r.id] + tau)
