@@ -20,26 +20,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from braid import LLM, SamplingParams
+from braid.bench.prompts import validation
 from braid.heads.io import BUNDLED
 from braid.llm import bundled_model
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "heads_cpu"
-
-
-def validation_prompts(llm: LLM, count: int, length: int, seed: int = 0) -> list[list[int]]:
-    """`count` windows of `length` tokens from the corpus' validation split."""
-    from braid.training.corpus import load_corpus
-
-    ids = []
-    for doc in load_corpus().val:
-        ids += llm.tokenizer.encode(doc)
-    starts = np.random.default_rng(seed).choice(len(ids) - length, size=count, replace=False)
-    return [ids[s : s + length] for s in sorted(starts)]
 
 
 def specbench_prompts(llm: LLM, count: int, length: int) -> list[list[int]]:
@@ -116,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = {}
     for name in args.prompts.split(","):
         if name == "val":
-            sets[name] = validation_prompts(base, args.count, args.prompt_len)
+            (sets[name],) = validation(
+                base.tokenizer, args.count, args.prompt_len, args.new_tokens
+            ).values()
         elif name == "specbench":
             sets[name] = specbench_prompts(base, args.count, args.prompt_len)
         else:

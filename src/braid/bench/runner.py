@@ -154,7 +154,9 @@ def bench_model(
     quality: Quality | None = None,
     meter: EnergyMeter | None = None,
 ) -> list[Row]:
-    llm = LLM(model_dir, dtype=dtype, max_batch=max(batches), draft=draft)
+    # the thread count `run` chose (LLM would otherwise take all cores)
+    threads = torch.get_num_threads()
+    llm = LLM(model_dir, dtype=dtype, max_batch=max(batches), draft=draft, threads=threads)
     ref = None
     if peer != "none":
         assistant = None

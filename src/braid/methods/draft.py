@@ -20,6 +20,7 @@ class Drafter:
 
     def __init__(self, model: Transformer):
         self.model = model
+        model.lm_head.refine = False  # drafts need no fp32-exact logits near the top
         self.pool: KVPool | None = None
         self.graphs: dict[int, TokenGraph] = {}
 

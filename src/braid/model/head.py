@@ -10,6 +10,9 @@ the fast logit of token v is at most eps * |w_v| * |h| (input rounding plus outp
 fp32 accumulation), so tokens outside that band can be neither the argmax nor tied with it. The
 argmax is therefore the fp32 argmax, and the logits near the top are fp32-exact; the tail keeps
 the fast values, within eps * |w_v| * |h| of fp32.
+
+A draft model sets `refine = False`: any draft distribution keeps the acceptance rules exact,
+and greedy outputs depend on the target's argmax alone, so drafts skip the recomputation.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ _EPS = {torch.bfloat16: 2.0**-7 * 1.05, torch.float16: 2.0**-10 * 1.05}
 class LogitHead:
     def __init__(self, weight: torch.Tensor, dtype: torch.dtype):
         self.vocab_size = weight.shape[0]
+        self.refine = True
         self.eps = _EPS.get(dtype)
         if self.eps is None:  # fp32 model: the plain product is already exact
             self.exact = Linear(weight.float().contiguous())
@@ -41,6 +45,8 @@ class LogitHead:
         if self.eps is None:
             return self.exact(hidden)
         logits = self.fast(hidden.to(self.dtype)).float()
+        if not self.refine:
+            return logits
         bound = (self.eps * hidden.norm(dim=1, keepdim=True)) * self.row_norms
         floor = (logits - bound).max(dim=1, keepdim=True).values
         rows, cols = ((logits + bound) >= floor).nonzero(as_tuple=True)
