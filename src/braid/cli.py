@@ -1,4 +1,5 @@
-"""`braid` command line: generate, info, models, bench, train-lm.
+"""`braid` command line: generate, info, models, bench, train-lm, train-heads, make-tasks,
+curate, train-multiverse.
 
 Errors a user can fix (bad arguments, missing model, bad prompt) exit 2 with one line on stderr.
 """
@@ -22,7 +23,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="Hugging Face-format model directory (default: bundled target)")
+    p.add_argument(
+        "--model",
+        help="Hugging Face-format model directory (default: the bundled target; with "
+        "--method multiverse the bundled Multiverse model)",
+    )
     p.add_argument(
         "--dtype",
         choices=["auto", "bf16", "fp16", "fp32"],
@@ -143,8 +148,13 @@ def _generate(args) -> int:
         ignore_eos=args.ignore_eos,
         max_total_tokens=args.max_total_tokens,
     )
+    model = args.model
+    if model is None and args.method == "multiverse":  # the bundled model that writes structure
+        from braid.llm import bundled_model
+
+        model = bundled_model("multiverse")
     llm = LLM(
-        args.model,
+        model,
         dtype=args.dtype,
         threads=args.threads,
         max_batch=args.max_batch,
@@ -277,12 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
     from braid.bench.cli import add_parser as add_bench
     from braid.heads.train import add_parser as add_train_heads
     from braid.multiverse.data_cli import add_parsers as add_multiverse_data
+    from braid.multiverse.train import add_parser as add_train_multiverse
     from braid.training.train_lm import add_parser as add_train_lm
 
     add_bench(sub)
     add_train_lm(sub)
     add_train_heads(sub)
     add_multiverse_data(sub)
+    add_train_multiverse(sub)
     return parser
 
 
