@@ -162,3 +162,16 @@ def test_random_fork_join_finish_orders_return_all_storage(mv_llm):
         assert out.stats.critical_path <= sp.max_tokens
         if out.finish_reason == "stop":
             assert len(out.token_ids) == n and not out.stats.warnings
+
+
+def test_paths_may_hold_more_tokens_than_the_context_has_positions(mv_llm):
+    """Siblings share positions, not cache rows: 4 paths x 80 tokens pass a 256-token context."""
+    doc = Doc(mv_llm)
+    template = [doc.id[T.THINK], *doc.block(["1", "2", "3", "4"], [[FREE] * 80] * 4), doc.eos]
+    params = SamplingParams(
+        max_tokens=250, temperature=0, logits_processors=[doc.processor(template, {})]
+    )
+    (out,) = mv_llm.generate([mv_llm.tokenizer.encode(PROMPT)], params, method="multiverse")
+    context = mv_llm.model.config.max_position_embeddings
+    assert out.finish_reason == "stop" and not out.stats.warnings
+    assert len(out.token_ids) == len(template) > context > out.stats.critical_path

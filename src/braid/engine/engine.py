@@ -34,7 +34,9 @@ class Engine:
         self.method = method
         self.max_batch = max_batch
         self.max_context = model.config.max_position_embeddings
-        self.pool = model.new_pool(max_batch)
+        # cached rows may outnumber positions when a method keeps parallel branches (multiverse)
+        rows = self.max_context * getattr(method, "rows_per_position", 1)
+        self.pool = model.new_pool(max_batch, rows)
         self.eos_token_ids = model.config.eos_token_ids or tokenizer.eos_token_ids
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []

@@ -111,6 +111,7 @@ class State:
 class Multiverse:
     name = "multiverse"
     supports_logits_processors = True
+    rows_per_position = 8  # the cache may hold 8x the context in rows across parallel paths
 
     def __init__(self, max_paths: int = 16, max_depth: int = 4):
         if max_paths < 1 or max_depth < 1:
@@ -150,11 +151,12 @@ class Multiverse:
         st = self.states.get(req.id)
         if st is None:
             n = len(req.prompt_ids)
-            room = engine.max_context - n
+            rows = engine.pool.max_capacity - n  # sibling paths share positions, not rows
             trunk = Branch(segment=0, next_pos=n)
             trunk.pending, trunk.pending_pos = list(req.prompt_ids), list(range(n))
-            total = req.params.max_total_tokens or room
-            st = State(trunk, [trunk], n, min(total, room), min(req.params.max_tokens, room))
+            total = min(req.params.max_total_tokens or rows, rows)
+            critical = min(req.params.max_tokens, engine.max_context - n)
+            st = State(trunk, [trunk], n, total, critical)
             # streamed: the sequential parts as they come, each top-level path when it ends
             req.chunks = []
             self.states[req.id] = st
