@@ -72,7 +72,8 @@ def measure(llm, prompts, method, temperature, args) -> dict:
 
 def heads_label(path: Path) -> tuple[str, float | None]:
     cfg = json.loads((path / "heads.json").read_text())
-    return f"heads n{cfg['n']} r{cfg['rank']}", cfg.get("val_loss")
+    steps = cfg.get("training", {}).get("steps", "?")
+    return f"heads n{cfg['n']} r{cfg['rank']} ({steps} steps)", cfg.get("val_loss")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,7 +173,7 @@ def main() -> None:
 
 def write(rows: list[dict], args) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = describe(args.threads)
+    machine = ", ".join(f"{k} {v}" for k, v in describe(args.threads).items())
     cols = list(rows[0])
     lines = [
         "# Multiverse vs ar: scripted block of P paths x L tokens, same tokens generated",
