@@ -49,7 +49,7 @@ def test_draft_and_target_share_the_tokenizer():
     assert a == b
 
 
-def test_models_command_lists_both_with_their_cards():
+def test_models_command_lists_every_bundled_model_with_its_card():
     r = subprocess.run(
         [sys.executable, "-m", "braid.cli", "models", "--json"],
         capture_output=True,
@@ -58,10 +58,11 @@ def test_models_command_lists_both_with_their_cards():
     )
     assert r.returncode == 0, r.stderr
     cards = {c["model"]: c for c in json.loads(r.stdout)}
-    assert set(cards) >= {"target", "draft"}
+    assert set(cards) >= {"target", "draft", "multiverse"}
     from braid.model.info import describe
 
     for card in cards.values():  # the card's numbers describe the weights that ship
         assert card["parameters"] == describe(card["path"])["parameters"]
-        assert card["val_ppl"] > 1
+    assert cards["target"]["val_ppl"] > 1 and cards["draft"]["val_ppl"] > 1
+    assert cards["multiverse"]["evaluation"]["quality"]["multiverse"]["validity"] > 0.9
     assert cards["target"]["parameters"] > 5 * cards["draft"]["parameters"]

@@ -263,15 +263,23 @@ def _models(args) -> int:
     if args.json:
         print(json.dumps(cards, indent=2))
         return 0
-    print(f"{'model':<8} {'name':<18} {'params':>8} {'val ppl':>8} {'MB':>6}  path")
+    print(f"{'model':<10} {'name':<18} {'params':>8} {'quality':>16} {'MB':>6}  path")
     for c in cards:
         params = f"{c['parameters'] / 1e6:.1f}M" if "parameters" in c else "?"
         print(
-            f"{c['model']:<8} {c.get('name', '?'):<18} {params:>8} {c.get('val_ppl', '?'):>8} "
+            f"{c['model']:<10} {c.get('name', '?'):<18} {params:>8} {_quality(c):>16} "
             f"{c['weights_mb']:>6}  {c['path']}"
         )
     print("(braid models --json for the full model cards)")
     return 0
+
+
+def _quality(card: dict) -> str:
+    """A language model's validation perplexity, or a Multiverse model's held-out validity."""
+    if "val_ppl" in card:
+        return f"val ppl {card['val_ppl']}"
+    mv = card.get("evaluation", {}).get("quality", {}).get("multiverse")
+    return f"valid {mv['validity']:.1%}" if mv else "?"
 
 
 def build_parser() -> argparse.ArgumentParser:
