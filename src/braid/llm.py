@@ -173,9 +173,11 @@ class LLM:
         gamma: int | str = 4,
         beams: int = 4,
         tau: float = 0.5,
+        max_paths: int = 16,
+        max_depth: int = 4,
     ) -> Iterator[str]:
         """Yield text deltas as they are generated; never splits a multi-byte character."""
-        engine = self._engine(method, gamma, beams, tau)
+        engine = self._engine(method, gamma, beams, tau, max_paths, max_depth)
         req = engine.add_request(prompt, params or SamplingParams())
         try:
             while engine.has_unfinished:

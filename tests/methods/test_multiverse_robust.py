@@ -9,6 +9,8 @@ from test_multiverse import FREE, Doc
 
 from braid import SamplingParams
 from braid.multiverse import tags as T
+from braid.multiverse.attention import multiverse_layout
+from braid.multiverse.grammar import canonical, parse
 
 PROMPT = "The quick brown fox"
 
@@ -55,8 +57,8 @@ def parallel_end_in_path(doc):
 
 def eos_in_path(doc):
     block = doc.block(["1", "2"], [[FREE, doc.eos], [FREE] * 3])
-    # path 1 ends at eos without </Path>: the template's own </Path> is never reached
-    return [doc.id[T.THINK], *block, FREE, doc.eos]
+    # path 1 ends at eos, which the engine replaces with </Path>
+    return [doc.id[T.THINK], *block, doc.id[T.THINK_END], FREE, doc.eos]
 
 
 def nested(doc):
@@ -70,7 +72,7 @@ MALFORMED = {
     "bad_numbering": (bad_numbering, "not numbered", 1),
     "path_end_outside": (path_end_outside, "outside a path", 0),
     "parallel_end_in_path": (parallel_end_in_path, "inside open path 1", 0),
-    "eos_in_path": (eos_in_path, "end of sequence inside path 1", 0),
+    "eos_in_path": (eos_in_path, "end of sequence inside path 1: closed", 0),
 }
 
 
@@ -175,3 +177,27 @@ def test_paths_may_hold_more_tokens_than_the_context_has_positions(mv_llm):
     context = mv_llm.model.config.max_position_embeddings
     assert out.finish_reason == "stop" and not out.stats.warnings
     assert len(out.token_ids) == len(template) > context > out.stats.critical_path
+
+
+def test_eos_in_a_path_closes_it_so_the_output_keeps_the_training_layout(mv_llm):
+    (out,), _ = run(mv_llm, [eos_in_path])
+    assert out.finish_reason == "stop" and out.stats.paths == 2
+    parse(out.text)  # valid structure: the path was closed with </Path>
+    ids = mv_llm.tokenizer.encode(PROMPT) + out.token_ids
+    multiverse_layout(ids, Doc(mv_llm).id)  # raises on a layout training could not have
+
+
+@pytest.mark.parametrize("limit", [36, 45, 60])
+def test_a_budget_cut_still_streams_every_line_of_the_final_text(mv_llm, limit):
+    doc = Doc(mv_llm)
+    template = [doc.id[T.THINK], *nested(doc), doc.eos]
+    params = SamplingParams(
+        max_tokens=500,
+        max_total_tokens=limit,
+        temperature=0,
+        logits_processors=[doc.processor(template, {})],
+    )
+    chunks = list(mv_llm.stream(mv_llm.tokenizer.encode(PROMPT), params, method="multiverse"))
+    final = mv_llm.last_stream_output
+    assert final.finish_reason == "length"
+    assert sorted(canonical("".join(chunks)).splitlines()) == sorted(final.text.splitlines())

@@ -202,8 +202,11 @@ class Multiverse:
     def _advance(self, engine: Engine, req: Request, st: State, b: Branch, token: int) -> None:
         tags, stop = self.tags, req.stop_ids
         if token in stop and b is not st.trunk:
-            self._warn(req, f"end of sequence inside path {b.label}: the path ends there")
-            self._end_path(engine, req, st, b)
+            # the path ends there, closed as training closes paths, so the output stays valid
+            self._warn(req, f"end of sequence inside path {b.label}: closed with </Path>")
+            if self._room(req, st, 1, b.next_pos):
+                self._schedule(st, b, [tags[T.PATH_END]])
+                self._end_path(engine, req, st, b)
             return
         if not self._room(req, st, 1, b.next_pos):
             return
@@ -266,7 +269,8 @@ class Multiverse:
             b.sequential, b.goal = int(opened), None
             return
         forced = [
-            [self.tags[T.PATH], *engine.tokenizer.encode(f"{label}:")] for label in labels
+            [self.tags[T.PATH], *engine.tokenizer.encode(f"{label}:", special=False)]
+            for label in labels
         ]
         longest = max(len(f) for f in forced)
         if not self._room(req, st, sum(map(len, forced)), b.next_pos + longest - 1):
@@ -362,4 +366,8 @@ class Multiverse:
             req.chunks.append(text)
             st.held = []
         if req.finished:
+            # paths a budget cut short were never streamed: they come last, as they stand
+            for b in st.branches:
+                if b.depth == 1 and b.state != DONE:
+                    req.chunks.append("\n" + self._render(engine, req, flatten(b.items)) + "\n")
             req.text = self._render(engine, req, ids)

@@ -40,8 +40,9 @@ class Tokenizer:
     def id_to_token(self) -> dict[int, str]:
         return {i: t for t, i in self._tok.get_vocab(with_added_tokens=True).items()}
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text).ids
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of `text`; `special=False` adds no bos/eos the tokenizer would add."""
+        return self._tok.encode(text, add_special_tokens=special).ids
 
     def token_id(self, token: str) -> int | None:
         """The id of a token (e.g. a special tag) or None if the vocabulary lacks it."""
