@@ -75,6 +75,12 @@ class DraftSpeculative:
             logits, _ = self.draft.forward(
                 build_batch(appends, self.draft.windows), torch.tensor(last)
             )
+            if all(r.params.greedy for r in active):  # no distributions needed: argmax
+                picks = logits[:, :vocab].argmax(-1).tolist()
+                for r, y in zip(active, picks):
+                    drafts[r.id].append(y)
+                    r.stats.draft_passes += 1
+                continue
             probs = self.drafter.probs(logits, active, vocab)
             for r, q in zip(active, probs):
                 drafts[r.id].append(
@@ -97,17 +103,15 @@ class DraftSpeculative:
         offset = 0
         for r in requests:
             k = len(drafts[r.id])
-            p = process_logits(logits[offset : offset + k + 1], [r.params] * (k + 1))
+            rows_r = logits[offset : offset + k + 1]
             offset += k + 1
             r.stats.passes += 1
-            if k:
-                y = torch.tensor(drafts[r.id])
-                plan = self.rule(y, torch.stack(q_rows[r.id]).to(p.dtype), p)
-                tau = plan.decide(torch.rand(k, generator=r.generator, dtype=p.dtype))
-                residual = plan.residuals[tau]
+            if r.params.greedy:  # both rules reduce to: keep the draft while it is the argmax
+                best = rows_r.argmax(-1).tolist()
+                tau = next((i for i in range(k) if drafts[r.id][i] != best[i]), k)
+                nxt = best[tau]
             else:
-                tau, residual = 0, p[0]
-            nxt = int(residual.argmax()) if r.params.greedy else sample(residual, r.generator)
+                tau, nxt = self._verify_sampled(r, drafts[r.id], q_rows[r.id], rows_r)
             r.stats.draft_tokens += k
             r.stats.accepted_tokens += tau
             if self.adaptive and k:
@@ -118,3 +122,13 @@ class DraftSpeculative:
             r.graph.truncate(kept_base[r.id] + tau)
             if k:  # the draft cache holds y_1..y_{k-1} after its catch-up
                 graphs[r.id].truncate(caught_up[r.id] + min(tau, k - 1))
+
+    def _verify_sampled(self, r: Request, draft: list[int], qs: list, logits: torch.Tensor):
+        """The rule's kept count τ and the token drawn after the kept draft."""
+        k = len(draft)
+        p = process_logits(logits, [r.params] * (k + 1))
+        if not k:
+            return 0, sample(p[0], r.generator)
+        plan = self.rule(torch.tensor(draft), torch.stack(qs).to(p.dtype), p)
+        tau = plan.decide(torch.rand(k, generator=r.generator, dtype=p.dtype))
+        return tau, sample(plan.residuals[tau], r.generator)
