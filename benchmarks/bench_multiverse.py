@@ -36,7 +36,7 @@ class Script:
 
     def __init__(self, llm: LLM, paths: int, length: int, conclusion: int = 8):
         tok = llm.tokenizer
-        self.id = {t: tok.token_id(t) for t in T.TAGS}
+        self.id = T.tag_ids(tok)
         eos = (llm.model.config.eos_token_ids or tok.eos_token_ids)[0]
         header = [self.id[T.PARALLEL], self.id[T.GOAL]]
         for k in range(1, paths + 1):

@@ -18,7 +18,7 @@ from braid.model.transformer import Transformer
 from braid.sampling import SamplingParams
 
 ASSETS = Path(__file__).parent / "assets" / "models"
-BUNDLED_HEADS = Path(__file__).parent / "assets" / "heads" / "n4-r8"
+BUNDLED_HEADS = ASSETS.parent / "heads" / "n4-r8"  # the bundled target's default CP heads
 
 
 def bundled_model(name: str = "target") -> Path:
@@ -72,9 +72,9 @@ class LLM:
         self.dtype = self.model.dtype
         self._draft_path = draft
         self._draft: Transformer | None = None
-        if heads is None and model is None and (BUNDLED_HEADS / "heads.json").exists():
-            heads = BUNDLED_HEADS
+        # heads given explicitly are checked now; the bundled default loads on first use
         self._heads = None if heads is None else self._load_heads(heads)
+        self._default_heads = model is None and (BUNDLED_HEADS / "heads.json").exists()
 
     def draft_model(self) -> Transformer:
         if self._draft is None:
@@ -111,7 +111,11 @@ class LLM:
         if method not in METHODS:
             raise InvalidRequestError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
         draft = self.draft_model() if method in DRAFT_METHODS else None
-        heads = self._heads if method in HEADS_METHODS else None
+        heads = None
+        if method in HEADS_METHODS:
+            if self._heads is None and self._default_heads:
+                self._heads = self._load_heads(BUNDLED_HEADS)
+            heads = self._heads
         return Engine(
             self.model,
             self.tokenizer,

@@ -128,15 +128,11 @@ class Multiverse:
     # -- setup ------------------------------------------------------------------------------
     def _tag_ids(self, engine: Engine) -> dict[str, int]:
         if self.tags is None:
-            ids = {t: engine.tokenizer.token_id(t) for t in T.TAGS}
-            missing = [t for t, i in ids.items() if i is None]
-            if missing:
-                raise InvalidRequestError(
-                    f"method 'multiverse' needs a model whose tokenizer has the Multiverse tags; "
-                    f"missing {' '.join(missing)} (use a Multiverse model, or add the tags with "
-                    "braid.multiverse.tags.add_tags and fine-tune)"
-                )
-            self.tags = ids
+            try:
+                self.tags = T.tag_ids(engine.tokenizer)
+            except InvalidRequestError as e:
+                message = f"method 'multiverse' needs a Multiverse model: {e}"
+                raise InvalidRequestError(message) from None
         return self.tags
 
     def check(self, engine: Engine, params: SamplingParams) -> None:
@@ -326,7 +322,7 @@ class Multiverse:
         """Mark a path finished; when all its siblings are, the parent resumes past them."""
         b.state = DONE
         if b.depth == 1:
-            req.chunks.append("\n" + self._render(engine, req, flatten(b.items)) + "\n")
+            self._stream_path(engine, req, b)
         block = b.block
         if not all(p.state == DONE for p in block.paths):
             return
@@ -353,10 +349,11 @@ class Multiverse:
             return canonical(text)
         return _NEWLINES.sub("\n", _TAG_RE.sub(r"\n\1\n", text))
 
+    def _stream_path(self, engine: Engine, req: Request, b: Branch) -> None:
+        req.chunks.append("\n" + self._render(engine, req, flatten(b.items)) + "\n")
+
     def _update_output(self, engine: Engine, req: Request, st: State) -> None:
-        ids = flatten(st.trunk.items)
-        req.output_ids = ids
-        req.stats.generated_tokens = len(ids)
+        req.stats.generated_tokens = st.total
         req.stats.critical_path = max(0, st.last_pos - st.prompt_len + 1)
         items = st.trunk.items
         st.held += [t for t in items[st.streamed :] if isinstance(t, int)]
@@ -369,5 +366,6 @@ class Multiverse:
             # paths a budget cut short were never streamed: they come last, as they stand
             for b in st.branches:
                 if b.depth == 1 and b.state != DONE:
-                    req.chunks.append("\n" + self._render(engine, req, flatten(b.items)) + "\n")
-            req.text = self._render(engine, req, ids)
+                    self._stream_path(engine, req, b)
+            req.output_ids = flatten(items)
+            req.text = self._render(engine, req, req.output_ids)
