@@ -126,15 +126,17 @@ class Transformer:
         c = self.config
         n = h.shape[0]
         qkv = w.qkv(h)
-        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
-        q = q.view(n, c.num_heads, c.head_dim)
-        k = k.view(n, c.num_kv_heads, c.head_dim)
+        qk, v = qkv.split([c.q_size + c.kv_size, c.kv_size], dim=-1)
         v = v.view(n, c.num_kv_heads, c.head_dim)
-        if w.q_norm is not None:
-            q = rms_norm(q, w.q_norm, c.rms_norm_eps)
-            k = rms_norm(k, w.k_norm, c.rms_norm_eps)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        heads = c.num_heads + c.num_kv_heads
+        if w.q_norm is None:  # queries and keys rotate together: one set of kernels
+            q, k = apply_rope(qk.view(n, heads, c.head_dim), cos, sin).split(
+                [c.num_heads, c.num_kv_heads], dim=1
+            )
+        else:
+            q, k = qk.view(n, heads, c.head_dim).split([c.num_heads, c.num_kv_heads], dim=1)
+            q = apply_rope(rms_norm(q, w.q_norm, c.rms_norm_eps), cos, sin)
+            k = apply_rope(rms_norm(k, w.k_norm, c.rms_norm_eps), cos, sin)
 
         # write the new keys/values first, so each query sees itself through the cache
         pool = batch.pool
