@@ -82,6 +82,14 @@ class SamplingParams:
 def process_logits(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
     """fp32 logits [N, V] -> the processed distributions [N, V], one row per params entry."""
     logits = logits.float()
+    if params and all(not p.greedy and not p.filters for p in params):
+        # the common case (a request's draft or verify rows): one softmax for all rows
+        temps = {p.temperature for p in params}
+        if len(temps) == 1:
+            t = temps.pop()
+            return torch.softmax(logits if t == 1 else logits / t, dim=-1)
+        t = torch.tensor([p.temperature for p in params], dtype=logits.dtype)
+        return torch.softmax(logits / t[:, None], dim=-1)
     probs = torch.empty_like(logits)
     for i, p in enumerate(params):  # rows are few; each row is vectorised over the vocabulary
         if p.greedy:
