@@ -236,16 +236,20 @@ def test_the_comparison_catches_a_misread_joint_test():
     assert compare(ours, wrong) > 1e-4
 
 
-def test_draw_distinct_samples_successively_in_proportion_to_the_weights():
-    """The enumeration above assumes this of torch.multinomial without replacement: ordered
-    pairs over 20,000 draws within TV 0.03 of the successive-draw odds (noise about 0.01)."""
-    weights = torch.tensor([0.4, 0.1, 0.3, 0.2], dtype=torch.float64)
+@pytest.mark.parametrize(
+    "weights, k",
+    [([0.4, 0.1, 0.3, 0.2], 2), ([0.97, 0.01, 0.0, 0.015, 0.005], 3)],  # 2nd: repeats, redraws
+)
+def test_draw_distinct_samples_successively_in_proportion_to_the_weights(weights, k):
+    """The enumeration above assumes this of the beam draws: ordered tuples over 20,000 draws
+    within TV 0.03 of the successive-draw odds (noise about 0.01)."""
+    weights = torch.tensor(weights, dtype=torch.float64)
     gen = torch.Generator().manual_seed(0)
     n = 20_000
     counts: dict[tuple, int] = {}
     for _ in range(n):
-        key = tuple(draw_distinct(weights, 2, gen).tolist())
+        key = tuple(draw_distinct(weights, k, gen).tolist())
         counts[key] = counts.get(key, 0) + 1
-    exact = {tuple(s.tolist()): pr for s, pr in ordered_draws(weights, 2)}
+    exact = {tuple(s.tolist()): pr for s, pr in ordered_draws(weights, k)}
     tv = 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in set(counts) | set(exact))
     assert tv < 0.03, tv

@@ -57,16 +57,24 @@ def path(nodes: list[Node], leaf: int) -> list[int]:
 
 def draw_distinct(weights: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
     """Up to n distinct indices drawn without replacement with probability ∝ weights, in draw
-    order: n successive inverse-CDF draws, each removing what it drew. Over W x V beam scores
-    this is about 5x faster than torch.multinomial without replacement."""
-    w = weights.double().clone()
-    picks = []
-    for _ in range(min(n, int((w > 0).sum()))):
+    order. Candidates come i.i.d. ∝ weights from one inverse-CDF batch and repeats are
+    rejected, so each kept one is a draw ∝ weights over what is left (successive sampling).
+    A batch short of n distinct (a dominant weight) zeroes what was drawn and draws again.
+    About 4x faster than one cumulative sum per draw over W x V beam scores."""
+    w = weights.double()
+    n = min(n, int(torch.count_nonzero(w)))
+    picks: list[int] = []
+    while len(picks) < n:
         cdf = w.cumsum(0)
-        u = torch.rand((), generator=generator, dtype=torch.float64) * cdf[-1]
-        i = min(int(torch.searchsorted(cdf, u, right=True)), w.numel() - 1)
-        picks.append(i)
-        w[i] = 0.0
+        u = torch.rand(4 * n, generator=generator, dtype=torch.float64) * cdf[-1]
+        for i in torch.searchsorted(cdf, u, right=True).clamp_(max=w.numel() - 1).tolist():
+            if i not in picks:
+                picks.append(i)
+                if len(picks) == n:
+                    break
+        if len(picks) < n:
+            w = w.clone()
+            w[picks] = 0.0
     return torch.tensor(picks, dtype=torch.long)
 
 
@@ -97,12 +105,13 @@ class BeamDraft:
         picks = draw(scores, self.width)
         parents, vocab = self.frontier(), q.shape[1]
         depth = self.nodes[parents[0]].depth + 1 if parents[0] >= 0 else 1
-        total = float(scores[picks].sum())
+        kept = scores[picks]
+        total = float(kept.sum())
         chosen = []
-        for flat in picks.tolist():
+        for flat, qv, sv in zip(picks.tolist(), q.flatten()[picks].tolist(), kept.tolist()):
             b, tok = divmod(flat, vocab)
-            self.nodes.append(Node(tok, parents[b], float(q[b, tok]), depth))
-            chosen.append((len(self.nodes) - 1, float(scores[flat]) / total))
+            self.nodes.append(Node(tok, parents[b], qv, depth))
+            chosen.append((len(self.nodes) - 1, sv / total))
         self.beams = chosen
 
     def best_chain(self) -> list[int]:
