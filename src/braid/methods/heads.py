@@ -77,10 +77,14 @@ class HeadsSpeculative:
                 post = condition(post, probs[i, 0], r.all_ids[-1])
             tokens, qs = drafts[r.id]
             for j in range(budgets[r.id]):
-                q = process_logits(marginal(post, rows[j]).log()[None], [r.params])[0]
-                y = int(q.argmax()) if r.params.greedy else sample(q, r.generator)
+                q = marginal(post, rows[j])
+                if r.params.greedy:  # greedy verification needs the drafted tokens alone
+                    y = int(q.argmax())
+                else:
+                    q = process_logits(q.log()[None], [r.params])[0]
+                    y = sample(q, r.generator)
+                    qs.append(q)
                 tokens.append(y)
-                qs.append(q)
                 if j + 1 < budgets[r.id]:
                     post = condition(post, rows[j], y)
         return drafts
@@ -103,6 +107,12 @@ class HeadsSpeculative:
         for r in requests:
             draft, qs = drafts[r.id]
             k = len(draft)
+            if r.params.greedy:  # both rules reduce to: keep the draft while it is the argmax
+                best = logits[offset : offset + k + 1].argmax(-1).tolist()
+                tau = next((i for i in range(k) if draft[i] != best[i]), k)
+                self._finish(r, draft, tau, best[tau], hidden[offset + tau], kept_base[r.id])
+                offset += k + 1
+                continue
             p = process_logits(logits[offset : offset + k + 1], [r.params] * (k + 1))
             if k:
                 plan = self.rule(torch.tensor(draft), torch.stack(qs).to(p.dtype), p)
@@ -110,11 +120,15 @@ class HeadsSpeculative:
                 residual = plan.residuals[tau]
             else:
                 tau, residual = 0, p[0]
-            nxt = int(residual.argmax()) if r.params.greedy else sample(residual, r.generator)
-            self.hidden[r.id] = hidden[offset + tau]
+            nxt = sample(residual, r.generator)
+            self._finish(r, draft, tau, nxt, hidden[offset + tau], kept_base[r.id])
             offset += k + 1
-            r.stats.passes += 1
-            r.stats.draft_tokens += k
-            r.stats.accepted_tokens += tau
-            r.accept(draft[:tau] + [nxt])
-            r.graph.truncate(kept_base[r.id] + tau)
+
+    def _finish(self, r: Request, draft: list[int], tau: int, nxt: int, state, base: int) -> None:
+        """Keep τ drafted tokens and the drawn one; `state` drew it and feeds the next draft."""
+        self.hidden[r.id] = state
+        r.stats.passes += 1
+        r.stats.draft_tokens += len(draft)
+        r.stats.accepted_tokens += tau
+        r.accept(draft[:tau] + [nxt])
+        r.graph.truncate(base + tau)
