@@ -113,9 +113,7 @@ def time_pair(llm, prompt, batch, script, runs, warmup):
         outs = llm.generate([prompt] * batch, params * batch, method="multiverse")
         mv = time.perf_counter() - t
         out = outs[0]
-        ar_params = SamplingParams(
-            max_tokens=len(out.token_ids), temperature=0, ignore_eos=True
-        )
+        ar_params = SamplingParams(max_tokens=len(out.token_ids), temperature=0, ignore_eos=True)
         t = time.perf_counter()
         llm.generate([prompt] * batch, [ar_params] * batch, method="ar")
         ar = time.perf_counter() - t
@@ -144,8 +142,10 @@ def main() -> None:
         for name in args.models.split(","):
             make = random_model if name == "llama-30m" else bundled_with_tags
             llm = LLM(make(Path(tmp) / name), dtype="bf16", max_batch=8, threads=args.threads)
-            prompt = list(range(10, 42)) if name == "llama-30m" else llm.tokenizer.encode(
-                "def parse(text):\n    "
+            prompt = (
+                list(range(10, 42))
+                if name == "llama-30m"
+                else llm.tokenizer.encode("def parse(text):\n    ")
             )
             for batch in map(int, args.batch.split(",")):
                 llm.max_batch = batch

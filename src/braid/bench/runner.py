@@ -71,7 +71,7 @@ PEERS = ("transformers", "transformers-assisted", "none")
 
 
 def method_gamma(method: str, gamma: int | str) -> int | str:
-    """"auto" adapts gamma in spec and block; the other draft methods draft a fixed 4."""
+    """gamma "auto" adapts in spec and block; the other draft methods draft a fixed 4."""
     return 4 if gamma == "auto" and method not in ("spec", "block") else gamma
 
 
