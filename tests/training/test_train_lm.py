@@ -189,3 +189,80 @@ def test_cli_parser_and_config_file(workdir: Path) -> None:
     assert (cfg.hidden_size, cfg.steps, cfg.num_layers, cfg.lr) == (64, 5, 3, 0.01)
     cfg_file.write_text(json.dumps({"hidden_sise": 64}))
     assert run(parser.parse_args(["train-lm", "--config", str(cfg_file)])) == 2
+
+
+def test_distill_loss_is_the_kl_to_the_teacher_plus_weighted_ce() -> None:
+    """Against the definition written out with explicit sums over the vocabulary."""
+    from braid.training.train_lm import distill_loss
+
+    torch.manual_seed(0)
+    vocab, window = 7, torch.randint(0, 7, (2, 5))
+
+    class Fixed(torch.nn.Module):  # logits as a fixed function of the ids
+        def __init__(self, seed: int):
+            super().__init__()
+            self.table = torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(seed))
+
+        def forward(self, input_ids):
+            return type("Out", (), {"logits": self.table[input_ids]})
+
+    student, teacher = Fixed(1), Fixed(2)
+    kl = ce = 0.0
+    rows = 0
+    for b in range(2):
+        for t in range(4):
+            p = torch.softmax(teacher.table[window[b, t]].double(), -1)
+            q = torch.softmax(student.table[window[b, t]].double(), -1)
+            kl += float(sum(p[v] * (p[v].log() - q[v].log()) for v in range(vocab)))
+            ce += float(-q[window[b, t + 1]].log())
+            rows += 1
+    kl, ce = kl / rows, ce / rows
+    assert float(distill_loss(student, teacher, window, 1.0)) == pytest.approx(kl, rel=1e-5)
+    mixed = float(distill_loss(student, teacher, window, 0.25))
+    assert mixed == pytest.approx(0.75 * ce + 0.25 * kl, rel=1e-5)
+
+
+def test_distilled_run_starts_from_init_and_moves_toward_the_teacher(workdir: Path) -> None:
+    """--init copies a model (its initial loss is the source's); --teacher lowers the KL."""
+    from transformers import AutoModelForCausalLM
+
+    from braid.training.train_lm import distill_loss
+
+    tok = str(workdir / "tiny" / "tokenizer")
+    if not Path(tok).exists():
+        train(_tiny(workdir, "tiny"), quiet=True)
+    teacher_dir = workdir / "kd_teacher"
+    teacher_card = train(_tiny(workdir, "kd_teacher", steps=30, tokenizer=tok), quiet=True)
+    start = train(_tiny(workdir, "kd_start", steps=2, tokenizer=tok, seed=5), quiet=True)
+    cfg = _tiny(
+        workdir,
+        "kd",
+        steps=30,
+        tokenizer=tok,
+        init=str(workdir / "kd_start"),
+        teacher=str(teacher_dir),
+    )
+    card = train(cfg, quiet=True)
+    train(replace(cfg, out=str(workdir / "kd_ce"), teacher=None), quiet=True)  # data alone
+    # exported bf16 weights: the copied start's loss within bf16 rounding
+    assert card["initial_val_loss"] == pytest.approx(start["val_loss"], abs=0.02)
+    assert teacher_card["val_loss"] < start["val_loss"]
+
+    import numpy as np
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32)
+    ids = np.load(next((workdir / "cache" / "tokens").glob("*.npz")))["val"]
+    w = torch.from_numpy(ids[: 4 * 33].astype(np.int64)).view(4, 33)
+    with torch.no_grad():
+        kls = [
+            float(
+                distill_loss(
+                    AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32), teacher, w, 1.0
+                )
+            )
+            for d in (workdir / "kd_start", workdir / "kd", workdir / "kd_ce")
+        ]
+    assert kls[1] < 0.5 * kls[0] and kls[1] < 0.5 * kls[2], kls
+
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        train(_tiny(workdir, "kd_bad", tokenizer=tok, teacher=str(workdir / "nope")), quiet=True)

@@ -94,6 +94,9 @@ class TrainConfig:
     save_every: int = 200
     stop_after: int = 0  # stop (checkpoint + export) after this step; 0 = run all steps
     log_every: int = 10
+    init: str | None = None  # start from this model directory's weights (same architecture)
+    teacher: str | None = None  # distil from this model directory (same vocabulary)
+    kd_weight: float = 1.0  # with a teacher: loss = (1 - w) * CE + w * KL(teacher || model)
 
 
 # ---------------------------------------------------------------- devices and distribution
@@ -251,6 +254,58 @@ def lm_loss(model: torch.nn.Module, window: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross entropy of a ``[B, T+1]`` window, computed in fp32."""
     logits = model(input_ids=window[:, :-1]).logits
     return F.cross_entropy(logits.float().flatten(0, 1), window[:, 1:].flatten())
+
+
+def distill_loss(
+    model: torch.nn.Module, teacher: torch.nn.Module, window: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """(1 - weight) x next-token CE + weight x KL(teacher || model), per token, in fp32.
+
+    Forward KL to the teacher's full next-token distribution (DistillSpec, Zhou et al. 2024):
+    a draft trained this way matches what the target will accept, not just the data.
+    """
+    inputs, targets = window[:, :-1], window[:, 1:].flatten()
+    log_q = F.log_softmax(model(input_ids=inputs).logits.float().flatten(0, 1), -1)
+    with torch.no_grad():
+        log_p = F.log_softmax(teacher(input_ids=inputs).logits.float().flatten(0, 1), -1)
+    kl = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
+    if weight >= 1.0:
+        return kl
+    return (1 - weight) * F.nll_loss(log_q, targets) + weight * kl
+
+
+def _need_model_dir(path: str, flag: str) -> None:
+    if not (Path(path) / "config.json").is_file():
+        raise FileNotFoundError(f"{flag} {path}: not a model directory (no config.json there)")
+
+
+def load_teacher(path: str, vocab: int, device: torch.device) -> torch.nn.Module:
+    """A frozen teacher that scores the same token ids as the model being trained."""
+    from transformers import AutoModelForCausalLM
+
+    _need_model_dir(path, "--teacher")
+    teacher = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    if teacher.config.vocab_size != vocab:
+        raise ValueError(
+            f"--teacher {path}: its vocabulary has {teacher.config.vocab_size} tokens, the "
+            f"tokenizer {vocab}; distil with the teacher's tokenizer (--tokenizer {path})"
+        )
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def load_init(model: torch.nn.Module, path: str) -> None:
+    """Copy the weights of the model directory `path` into `model` (same architecture)."""
+    from transformers import AutoModelForCausalLM
+
+    _need_model_dir(path, "--init")
+    src = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        msg = f"--init {path}: its weights do not fit this architecture ({first})"
+        raise ValueError(msg) from None
 
 
 @torch.no_grad()
@@ -483,6 +538,9 @@ def train(
     torch.manual_seed(cfg.seed)  # same initial weights on every rank
     model = build_model(cfg, vocab, eos_id).to(rt.device)
     n_params = count_parameters(model)
+    if cfg.init and state is None:
+        load_init(model, cfg.init)
+    teacher = load_teacher(cfg.teacher, vocab, rt.device) if cfg.teacher else None
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -561,7 +619,11 @@ def train(
                 sync = (micro == cfg.grad_accum - 1) or rt.world == 1
                 ctx = contextlib.nullcontext() if sync else train_model.no_sync()
                 with ctx, _autocast(rt):
-                    loss = lm_loss(train_model, w) / cfg.grad_accum
+                    if teacher is None:
+                        loss = lm_loss(train_model, w) / cfg.grad_accum
+                    else:
+                        loss = distill_loss(train_model, teacher, w, cfg.kd_weight)
+                        loss = loss / cfg.grad_accum
                 loss.backward()
                 loss_sum += loss.item()
             gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
@@ -695,6 +757,10 @@ _HELP = {
     "num_kv_heads": "key/value heads",
     "intermediate_size": "MLP intermediate size",
     "hidden_size": "hidden size",
+    "init": "start from the weights of this model directory (same architecture)",
+    "teacher": "distil from this model directory: KL to its next-token distribution "
+    "(a draft distilled from its target is accepted more often)",
+    "kd_weight": "with --teacher: weight of the KL term; 1 - this weights the data's CE",
 }
 
 
