@@ -107,3 +107,21 @@ def test_speculative_methods_need_a_draft(llama_dir, monkeypatch):
     monkeypatch.setattr(braid.llm, "ASSETS", llama_dir / "missing")
     with pytest.raises(ModelLoadError, match="draft"):
         LLM(llama_dir, dtype="fp32").generate("hi", method="block")
+
+
+@pytest.mark.parametrize("method", ["spec", "block", "mtad"])
+def test_accepted_counts_only_drafted_tokens_that_were_emitted(llama_dir, method):
+    """The draft is the target itself, so a whole draft is accepted. A stop token inside the
+    first draft ends the request there: only the drafted tokens that came out count."""
+    llm = LLM(llama_dir, dtype="fp32", draft=llama_dir)
+    free = llm.generate(["def"], SamplingParams(max_tokens=10, temperature=0, ignore_eos=True))[0]
+    ids = free.token_ids
+    end = next(j for j in range(1, len(ids)) if ids[j] not in ids[:j])  # first new token
+    assert end < 6, "the stop must fall inside the first 6-token draft"
+    params = SamplingParams(
+        max_tokens=10, temperature=0, ignore_eos=True, stop_token_ids=[ids[end]]
+    )
+    out = llm.generate(["def"], params, method=method, gamma=6)[0]
+    assert out.token_ids == ids[: end + 1]
+    assert out.stats.draft_tokens == 6
+    assert out.stats.accepted_tokens == end + 1

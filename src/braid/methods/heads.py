@@ -129,6 +129,6 @@ class HeadsSpeculative:
         self.hidden[r.id] = state
         r.stats.passes += 1
         r.stats.draft_tokens += len(draft)
-        r.stats.accepted_tokens += tau
-        r.accept(draft[:tau] + [nxt])
+        kept = r.accept(draft[:tau] + [nxt])
+        r.stats.accepted_tokens += min(tau, kept)  # a stop token may end the request early
         r.graph.truncate(base + tau)

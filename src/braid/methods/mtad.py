@@ -306,8 +306,8 @@ class Mtad:
         nxt = int(next_dist.argmax()) if r.params.greedy else sample(next_dist, r.generator)
         r.stats.passes += 1
         r.stats.draft_tokens += proposed
-        r.stats.accepted_tokens += len(accepted)
-        r.accept(accepted + [nxt])
+        kept = r.accept(accepted + [nxt])
+        r.stats.accepted_tokens += min(len(accepted), kept)  # a stop may end the request early
 
 
 def _seeded(generator: torch.Generator, scores: torch.Tensor, n: int) -> torch.Tensor:

@@ -113,11 +113,11 @@ class DraftSpeculative:
             else:
                 tau, nxt = self._verify_sampled(r, drafts[r.id], q_rows[r.id], rows_r)
             r.stats.draft_tokens += k
-            r.stats.accepted_tokens += tau
             if self.adaptive and k:
                 step = 2 if tau == k else -1
                 self.wanted[r.id] = min(AUTO_MAX, max(1, wanted[r.id] + step))
-            r.accept(drafts[r.id][:tau] + [nxt])
+            kept = r.accept(drafts[r.id][:tau] + [nxt])
+            r.stats.accepted_tokens += min(tau, kept)  # a stop token may end the request early
             # keep the pending input and the accepted draft; the drawn token is pending next
             r.graph.truncate(kept_base[r.id] + tau)
             if k:  # the draft cache holds y_1..y_{k-1} after its catch-up
