@@ -77,8 +77,8 @@ def _add_generate(sub) -> None:
         "--gamma",
         type=parse_gamma,
         default=4,
-        help="drafted tokens per target pass, or 'auto' (spec, block): adapted per request from "
-        "its acceptance",
+        help="drafted tokens per target pass, or 'auto' (spec, block, mtad, mtad-tree): adapted "
+        "per request from its acceptance",
     )
     p.add_argument("--beams", type=int, default=4, help="mtad: beams of the draft")
     p.add_argument("--tau", type=float, default=0.5, help="mtad: joint acceptance threshold")

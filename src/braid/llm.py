@@ -100,9 +100,10 @@ class LLM:
         max_depth: int = 4,
     ) -> Engine:
         if gamma == "auto":
-            if method not in ("spec", "block"):
+            if method not in DRAFT_METHODS:
                 raise InvalidRequestError(
-                    f"gamma='auto' (adaptive) is for methods spec and block, not {method!r}"
+                    f"gamma='auto' (adaptive) is for the draft-model methods "
+                    f"{', '.join(DRAFT_METHODS)}, not {method!r}"
                 )
         elif not isinstance(gamma, int) or gamma < 1:
             raise InvalidRequestError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")

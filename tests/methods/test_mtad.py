@@ -18,7 +18,7 @@ def noisy_draft(llama_dir, tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", ["mtad", "mtad-tree"])
-@pytest.mark.parametrize("gamma", [1, 4])
+@pytest.mark.parametrize("gamma", [1, 4, "auto"])
 def test_greedy_equals_ar_with_continuous_batching(llama_dir, noisy_draft, method, gamma):
     llm = LLM(llama_dir, dtype="fp32", draft=noisy_draft, max_batch=2)
     params = [
@@ -30,6 +30,9 @@ def test_greedy_equals_ar_with_continuous_batching(llama_dir, noisy_draft, metho
     proposed = sum(o.stats.draft_tokens for o in out)
     accepted = sum(o.stats.accepted_tokens for o in out)
     assert 0 < accepted < proposed
+    if gamma == "auto":  # the depth moved: not every step drafted the starting 4 tokens
+        stats = [o.stats for o in out if o.stats.generated_tokens > 10]
+        assert any(s.draft_tokens != 4 * s.passes for s in stats)
 
 
 def test_draws_are_distinct_and_follow_the_weights():
@@ -63,15 +66,16 @@ def test_sampling_with_an_unreachable_threshold_is_plain_target_sampling(
     assert sum(o.stats.accepted_tokens for o in outs) == 0
 
 
+@pytest.mark.parametrize("gamma", [4, "auto"])
 @pytest.mark.parametrize("method", ["spec", "block", "mtad", "mtad-tree"])
-def test_sampling_runs_up_to_the_context_limit(llama_dir, noisy_draft, method):
+def test_sampling_runs_up_to_the_context_limit(llama_dir, noisy_draft, method, gamma):
     """Beams widen what a step holds in the caches (W rows per draft pass, W * gamma tree
     nodes): near the context end the draft must shrink, not overflow the cache."""
     llm = LLM(llama_dir, dtype="fp32", draft=noisy_draft, max_batch=2)
     context = 256  # the tiny model's max_position_embeddings
     prompts = [list(range(3, 3 + context - 20)), list(range(5, 5 + context - 9))]
     params = [SamplingParams(max_tokens=100, seed=s, ignore_eos=True) for s in (1, 2)]
-    outs = llm.generate(prompts, params, method=method, gamma=4, beams=4)
+    outs = llm.generate(prompts, params, method=method, gamma=gamma, beams=4)
     assert [len(o.token_ids) for o in outs] == [20, 9]
     assert all(o.finish_reason == "length" for o in outs)
     assert sum(o.stats.draft_tokens for o in outs) > 0

@@ -37,10 +37,10 @@ def test_greedy_is_token_identical_to_ar_with_continuous_batching(
         assert any(s.draft_tokens != 4 * s.passes for s in stats if s.generated_tokens > 10)
 
 
-def test_adaptive_gamma_only_for_spec_and_block(llama_dir, near_draft):
+def test_adaptive_gamma_only_for_draft_methods(llama_dir, near_draft):
     llm = LLM(llama_dir, dtype="fp32", draft=near_draft)
     with pytest.raises(InvalidRequestError, match="auto"):
-        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=3), method="mtad", gamma="auto")
+        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=3), method="ar", gamma="auto")
     with pytest.raises(InvalidRequestError, match="gamma"):
         llm.generate(PROMPTS[:1], SamplingParams(max_tokens=3), method="spec", gamma=0)
 

@@ -48,8 +48,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--gamma",
         type=parse_gamma,
         default=4,
-        help="drafted tokens per target pass, or 'auto' (spec and block adapt it per request; "
-        "the other draft methods and the peer use 4)",
+        help="drafted tokens per target pass, or 'auto' (spec, block, mtad and mtad-tree adapt "
+        "it per request; the peer runs transformers' 'heuristic' schedule)",
     )
     p.add_argument("--model", action="append", default=[], help="model directory (repeatable)")
     p.add_argument(

@@ -23,6 +23,7 @@ from braid.bench.machine import describe, memory_bandwidth
 from braid.bench.models import streamed_weight_bytes
 from braid.bench.prompts import encode
 from braid.llm import LLM, bundled_model
+from braid.methods import DRAFT_METHODS
 from braid.model.tokenizer import Tokenizer
 from braid.sampling import SamplingParams
 
@@ -71,8 +72,8 @@ PEERS = ("transformers", "transformers-assisted", "none")
 
 
 def method_gamma(method: str, gamma: int | str) -> int | str:
-    """gamma "auto" adapts in spec and block; the other draft methods draft a fixed 4."""
-    return 4 if gamma == "auto" and method not in ("spec", "block") else gamma
+    """gamma "auto" adapts in the draft-model methods; the others ignore gamma."""
+    return 4 if gamma == "auto" and method not in DRAFT_METHODS else gamma
 
 
 class Peer:

@@ -28,6 +28,7 @@ import torch
 from braid.cache import ROOT
 from braid.methods.acceptance import joint_threshold
 from braid.methods.draft import Drafter
+from braid.methods.speculative import AUTO_MAX, AUTO_START
 from braid.model.batch import Append, build_batch
 from braid.model.transformer import Transformer
 from braid.sampling import process_logits, sample
@@ -167,22 +168,31 @@ def tree_verdict(nodes: list[Node], p: torch.Tensor, tau: float) -> tuple[list[i
 
 
 class Mtad:
+    """`gamma="auto"` adapts the draft depth per request as `spec` does: +2 after a fully kept
+    draft, -1 otherwise, within [1, 8]."""
+
     def __init__(
         self,
         draft: Transformer,
-        gamma: int = 4,
+        gamma: int | str = 4,
         beams: int = 4,
         tau: float = 0.5,
         tree: bool = False,
     ):
-        if gamma < 1 or beams < 1 or not tau > 0:
-            raise ValueError(f"need gamma >= 1, beams >= 1, tau > 0; got {gamma}, {beams}, {tau}")
+        self.adaptive = gamma == "auto"
+        if not self.adaptive and not (isinstance(gamma, int) and gamma >= 1):
+            raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")
+        if beams < 1 or not tau > 0:
+            raise ValueError(f"need beams >= 1 and tau > 0; got {beams}, {tau}")
         self.name = "mtad-tree" if tree else "mtad"
         self.drafter = Drafter(draft)
-        self.gamma, self.beams, self.tau, self.tree = gamma, beams, tau, tree
+        self.gamma = AUTO_START if self.adaptive else gamma
+        self.beams, self.tau, self.tree = beams, tau, tree
+        self.wanted: dict[int, int] = {}  # adaptive depth per request
 
     def release(self, request: Request) -> None:
         self.drafter.release(request)
+        self.wanted.pop(request.id, None)
 
     # -- draft: beam sampling on the draft model's token graph -------------------------------
     def _propose(self, engine: Engine, requests: list[Request]):
@@ -191,12 +201,14 @@ class Mtad:
         # the tree pass holds every beam node in the target cache, the draft holds W per step
         target_width = self.beams if self.tree else 1
         depth = {
-            r.id: self.drafter.budget(engine, r, self.gamma, self.beams, target_width)
+            r.id: self.drafter.budget(
+                engine, r, self.wanted.get(r.id, self.gamma), self.beams, target_width
+            )
             for r in requests
         }
         drafts = {r.id: BeamDraft(self.beams) for r in requests}
         caught_up: dict[int, int] = {}
-        for s in range(self.gamma):
+        for s in range(max(depth.values(), default=0)):
             active = [r for r in requests if depth[r.id] > s]
             if not active:
                 break
@@ -245,6 +257,9 @@ class Mtad:
         else:
             kept = self._verify_chain(engine, requests, drafts)
         for r in requests:  # the draft cache keeps its prefix and the accepted, drafted path
+            if self.adaptive and depth[r.id]:
+                step = 2 if len(kept[r.id]) == depth[r.id] else -1
+                self.wanted[r.id] = min(AUTO_MAX, max(1, self.wanted.get(r.id, self.gamma) + step))
             if depth[r.id] and not r.finished:
                 ns = drafts[r.id].nodes
                 drafted = [ns[i].row for i in kept[r.id] if ns[i].row >= 0]
