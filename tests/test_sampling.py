@@ -57,6 +57,22 @@ def test_processed_distribution_matches_the_definition(t, k, p, min_p):
         assert torch.allclose(ours[row], torch.tensor(ref), atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "temps",
+    [(0.5, 1.0, 1.7, 1.0), (1.0, 0.0, 0.8, 1.0)],  # mixed plain rows; a greedy row too
+)
+def test_each_row_is_processed_with_its_own_parameters(temps):
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(4, 40, generator=gen) * 2
+    ours = process_logits(logits, [SamplingParams(temperature=t) for t in temps])
+    for row, t in enumerate(temps):
+        if t == 0:
+            assert ours[row].tolist() == [float(i == int(logits[row].argmax())) for i in range(40)]
+            continue
+        ref = reference_probs(logits[row].tolist(), t, 0, 1.0, 0.0)
+        assert torch.allclose(ours[row], torch.tensor(ref), atol=1e-6)
+
+
 def test_greedy_distribution_is_one_hot_on_the_argmax():
     logits = torch.tensor([[0.1, 3.0, 3.0, -1.0]])
     probs = process_logits(logits, [SamplingParams(temperature=0)])

@@ -88,7 +88,7 @@ def process_logits(logits: torch.Tensor, params: Sequence[SamplingParams]) -> to
         if len(temps) == 1:
             t = temps.pop()
             return torch.softmax(logits if t == 1 else logits / t, dim=-1)
-        t = torch.tensor([p.temperature for p in params], dtype=logits.dtype)
+        t = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=logits.device)
         return torch.softmax(logits / t[:, None], dim=-1)
     probs = torch.empty_like(logits)
     for i, p in enumerate(params):  # rows are few; each row is vectorised over the vocabulary

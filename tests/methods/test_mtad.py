@@ -30,9 +30,8 @@ def test_greedy_equals_ar_with_continuous_batching(llama_dir, noisy_draft, metho
     proposed = sum(o.stats.draft_tokens for o in out)
     accepted = sum(o.stats.accepted_tokens for o in out)
     assert 0 < accepted < proposed
-    if gamma == "auto":  # the depth moved: not every step drafted the starting 4 tokens
-        stats = [o.stats for o in out if o.stats.generated_tokens > 10]
-        assert any(s.draft_tokens != 4 * s.passes for s in stats)
+    if gamma == "auto":  # the depth grew past the starting 4 (a fixed 4 never drafts more)
+        assert any(o.stats.draft_tokens > 4 * o.stats.passes for o in out)
 
 
 def test_draws_are_distinct_and_follow_the_weights():

@@ -33,8 +33,8 @@ def test_greedy_is_token_identical_to_ar_with_continuous_batching(
     accepted = sum(s.accepted_tokens for s in stats)
     assert 0 < accepted < proposed  # partial acceptance: the rollback paths really ran
     assert all(s.passes < s.generated_tokens for s in stats if s.generated_tokens > 10)
-    if gamma == "auto":  # the schedule moved: not every step drafted the starting 4 tokens
-        assert any(s.draft_tokens != 4 * s.passes for s in stats if s.generated_tokens > 10)
+    if gamma == "auto":  # the schedule grew past the starting 4 (a fixed 4 never drafts more)
+        assert any(s.draft_tokens > 4 * s.passes for s in stats)
 
 
 def test_adaptive_gamma_only_for_draft_methods(llama_dir, near_draft):
@@ -109,7 +109,7 @@ def test_speculative_methods_need_a_draft(llama_dir, monkeypatch):
         LLM(llama_dir, dtype="fp32").generate("hi", method="block")
 
 
-@pytest.mark.parametrize("method", ["spec", "block", "mtad"])
+@pytest.mark.parametrize("method", ["spec", "block", "mtad", "mtad-tree"])
 def test_accepted_counts_only_drafted_tokens_that_were_emitted(llama_dir, method):
     """The draft is the target itself, so a whole draft is accepted. A stop token inside the
     first draft ends the request there: only the drafted tokens that came out count."""

@@ -266,3 +266,16 @@ def test_distilled_run_starts_from_init_and_moves_toward_the_teacher(workdir: Pa
 
     with pytest.raises(FileNotFoundError, match="not a model directory"):
         train(_tiny(workdir, "kd_bad", tokenizer=tok, teacher=str(workdir / "nope")), quiet=True)
+
+
+def test_distillation_settings_are_checked_before_any_work(workdir: Path) -> None:
+    tok = str(workdir / "tiny" / "tokenizer")
+    if not Path(tok).exists():
+        train(_tiny(workdir, "tiny"), quiet=True)
+    with pytest.raises(ValueError, match="kd-weight"):
+        train(_tiny(workdir, "kd_w", tokenizer=tok, kd_weight=1.5), quiet=True)
+    # a model of another shape: the message names the mismatching weight
+    other = train(_tiny(workdir, "kd_other", steps=1, tokenizer=tok, hidden_size=48), quiet=True)
+    assert other["architecture"]["hidden_size"] == 48
+    with pytest.raises(ValueError, match=r"--init .*do not fit.*size mismatch"):
+        train(_tiny(workdir, "kd_bad_init", tokenizer=tok, init=str(workdir / "kd_other")))

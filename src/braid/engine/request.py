@@ -19,7 +19,7 @@ class RequestStats:
     passes: int = 0  # large-model passes this request took part in
     seconds: float = 0.0
     draft_tokens: int = 0  # proposed by a drafter (speculative methods)
-    accepted_tokens: int = 0  # of those, kept by the acceptance rule
+    accepted_tokens: int = 0  # of those, kept by the acceptance rule and emitted
     draft_passes: int = 0  # small-model passes
     # multiverse: the longest chain of positions, forks, paths, refused forks, what went wrong
     critical_path: int = 0

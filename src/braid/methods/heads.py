@@ -129,6 +129,6 @@ class HeadsSpeculative:
         self.hidden[r.id] = state
         r.stats.passes += 1
         r.stats.draft_tokens += len(draft)
-        kept = r.accept(draft[:tau] + [nxt])
-        r.stats.accepted_tokens += min(tau, kept)  # a stop token may end the request early
+        emitted = r.accept(draft[:tau] + [nxt])
+        r.stats.accepted_tokens += min(tau, emitted)  # a stop token may end the request early
         r.graph.truncate(base + tau)

@@ -61,7 +61,7 @@ def draw_distinct(weights: torch.Tensor, n: int, generator: torch.Generator) -> 
     order. Candidates come i.i.d. ∝ weights from one inverse-CDF batch and repeats are
     rejected, so each kept one is a draw ∝ weights over what is left (successive sampling).
     A batch short of n distinct (a dominant weight) zeroes what was drawn and draws again.
-    About 4x faster than one cumulative sum per draw over W x V beam scores."""
+    About 3x faster than one cumulative sum per draw over W x V beam scores."""
     w = weights.double()
     n = min(n, int(torch.count_nonzero(w)))
     picks: list[int] = []
@@ -321,8 +321,8 @@ class Mtad:
         nxt = int(next_dist.argmax()) if r.params.greedy else sample(next_dist, r.generator)
         r.stats.passes += 1
         r.stats.draft_tokens += proposed
-        kept = r.accept(accepted + [nxt])
-        r.stats.accepted_tokens += min(len(accepted), kept)  # a stop may end the request early
+        emitted = r.accept(accepted + [nxt])
+        r.stats.accepted_tokens += min(len(accepted), emitted)  # a stop may end the request early
 
 
 def _seeded(generator: torch.Generator, scores: torch.Tensor, n: int) -> torch.Tensor:

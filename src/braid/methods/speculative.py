@@ -116,8 +116,8 @@ class DraftSpeculative:
             if self.adaptive and k:
                 step = 2 if tau == k else -1
                 self.wanted[r.id] = min(AUTO_MAX, max(1, wanted[r.id] + step))
-            kept = r.accept(drafts[r.id][:tau] + [nxt])
-            r.stats.accepted_tokens += min(tau, kept)  # a stop token may end the request early
+            emitted = r.accept(drafts[r.id][:tau] + [nxt])
+            r.stats.accepted_tokens += min(tau, emitted)  # a stop token may end the request early
             # keep the pending input and the accepted draft; the drawn token is pending next
             r.graph.truncate(kept_base[r.id] + tau)
             if k:  # the draft cache holds y_1..y_{k-1} after its catch-up

@@ -265,9 +265,11 @@ def distill_loss(
     a draft trained this way matches what the target will accept, not just the data.
     """
     inputs, targets = window[:, :-1], window[:, 1:].flatten()
-    log_q = F.log_softmax(model(input_ids=inputs).logits.float().flatten(0, 1), -1)
-    with torch.no_grad():
-        log_p = F.log_softmax(teacher(input_ids=inputs).logits.float().flatten(0, 1), -1)
+    logits = model(input_ids=inputs).logits.float().flatten(0, 1)
+    log_q = F.log_softmax(logits, -1)
+    with torch.no_grad():  # a teacher with a padded vocabulary: its ids past ours cannot occur
+        teacher_logits = teacher(input_ids=inputs).logits.float().flatten(0, 1)
+        log_p = F.log_softmax(teacher_logits[:, : logits.shape[1]], -1)
     kl = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean")
     if weight >= 1.0:
         return kl
@@ -285,10 +287,10 @@ def load_teacher(path: str, vocab: int, device: torch.device) -> torch.nn.Module
 
     _need_model_dir(path, "--teacher")
     teacher = AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-    if teacher.config.vocab_size != vocab:
+    if teacher.config.vocab_size < vocab:  # a padded teacher vocabulary is fine: cut
         raise ValueError(
-            f"--teacher {path}: its vocabulary has {teacher.config.vocab_size} tokens, the "
-            f"tokenizer {vocab}; distil with the teacher's tokenizer (--tokenizer {path})"
+            f"--teacher {path}: its vocabulary has {teacher.config.vocab_size} tokens, fewer than "
+            f"the tokenizer's {vocab}; distil with the teacher's own tokenizer (--tokenizer DIR)"
         )
     teacher.requires_grad_(False)
     return teacher
@@ -302,9 +304,10 @@ def load_init(model: torch.nn.Module, path: str) -> None:
     src = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     try:
         model.load_state_dict(src.state_dict())
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        msg = f"--init {path}: its weights do not fit this architecture ({first})"
+    except RuntimeError as e:  # the first line is a header; the second names a mismatch
+        lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        msg = f"--init {path}: its weights do not fit this architecture ({detail})"
         raise ValueError(msg) from None
 
 
@@ -525,6 +528,12 @@ def train(
     else:
         state = None
     cfg.name = cfg.name or out.name
+    # fail on bad distillation settings before minutes of data preparation
+    if not 0.0 <= cfg.kd_weight <= 1.0:
+        raise ValueError(f"--kd-weight {cfg.kd_weight}: expected a value in [0, 1]")
+    for flag, path in (("--init", cfg.init), ("--teacher", cfg.teacher)):
+        if path:
+            _need_model_dir(path, flag)
     rt = setup_runtime(cfg)
     log = (lambda *a: None) if (quiet or not rt.main) else (lambda *a: print(*a, flush=True))
     if rt.main:
