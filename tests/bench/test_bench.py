@@ -97,7 +97,16 @@ def test_text_prompt_groups_get_a_row_each_and_ragged_batches_agree(tmp_path):
         ("short", "transformers", ""),
         ("long", "ar", "1/1"),
         ("long", "transformers", ""),
+        ("overall", "ar", ""),
+        ("overall", "transformers", ""),
     ]
+    # overall: all tokens over all seconds (15 tokens in 15 / tps_short s, 5 in 5 / tps_long s)
+    by = {(r["prompts"], r["contender"]): r for r in result["rows"]}
+    for who in ("ar", "transformers"):
+        seconds = 15 / by["short", who]["tokens_per_s"] + 5 / by["long", who]["tokens_per_s"]
+        assert abs(by["overall", who]["tokens_per_s"] - 20 / seconds) < 1e-6
+    ratio = by["overall", "ar"]["tokens_per_s"] / by["overall", "transformers"]["tokens_per_s"]
+    assert abs(by["overall", "ar"]["vs_peer"] - ratio) < 1e-9
 
 
 def test_specbench_first_turns_are_grouped_by_subtask():
@@ -140,3 +149,39 @@ def test_sampled_runs_are_seeded_per_prompt(tmp_path):
     assert result["settings"]["temperature"] == 1.0
     assert [r["contender"] for r in result["rows"]] == ["ar", "block"]
     assert result["rows"][1]["tokens_per_pass"] >= 1.0
+
+
+def test_overall_rows_pool_tokens_time_passes_and_drafts_over_groups():
+    R = runner.Row
+    rows = [
+        R("m", 1, "ar", 100.0, prompts="a", tokens=200, tokens_per_pass=1.0),
+        R(
+            "m",
+            1,
+            "spec",
+            400.0,
+            prompts="a",
+            tokens=200,
+            tokens_per_pass=4.0,
+            drafted=100,
+            acceptance=0.9,
+        ),
+        R("m", 1, "ar", 50.0, prompts="b", tokens=100, tokens_per_pass=1.0),
+        R(
+            "m",
+            1,
+            "spec",
+            50.0,
+            prompts="b",
+            tokens=100,
+            tokens_per_pass=1.25,
+            drafted=300,
+            acceptance=0.1,
+        ),
+    ]
+    ar, spec = runner.overall_rows(rows)
+    assert (ar.prompts, ar.tokens_per_s, ar.tokens) == ("overall", 300 / 4.0, 300)
+    assert spec.tokens_per_s == 300 / 2.5  # 0.5 s + 2 s
+    assert spec.vs_ar == (300 / 2.5) / (300 / 4.0)
+    assert spec.tokens_per_pass == 300 / (50 + 80)  # passes: 200 / 4 + 100 / 1.25
+    assert abs(spec.acceptance - (90 + 30) / 400) < 1e-12

@@ -23,7 +23,7 @@ from braid.bench.machine import describe, memory_bandwidth
 from braid.bench.models import streamed_weight_bytes
 from braid.bench.prompts import encode
 from braid.llm import LLM, bundled_model
-from braid.methods import DRAFT_METHODS
+from braid.methods import DRAFT_METHODS, METHODS
 from braid.model.tokenizer import Tokenizer
 from braid.sampling import SamplingParams
 
@@ -61,6 +61,34 @@ class Row:
     perplexity: float = float("nan")  # of the outputs under the target (--quality)
     tv_vs_ar: float = float("nan")  # first-tokens TV from ar; for ar, its noise floor (--quality)
     runs: list[float] = field(default_factory=list)
+    tokens: int = 0  # generated per timed call
+    drafted: int = 0  # draft tokens proposed per timed call
+
+
+def overall_rows(rows: list[Row]) -> list[Row]:
+    """One "overall" row per contender over several prompt groups: every group's tokens over
+    every group's (median) seconds, i.e. what running all the prompts back to back gives."""
+    out: list[Row] = []
+    for contender in dict.fromkeys(r.contender for r in rows):
+        mine = [r for r in rows if r.contender == contender]
+        tokens = sum(r.tokens for r in mine)
+        row = Row(mine[0].model, mine[0].batch, contender, tokens, prompts="overall")
+        row.tokens_per_s = tokens / sum(r.tokens / r.tokens_per_s for r in mine)
+        row.tokens = tokens
+        if all(r.tokens_per_pass == r.tokens_per_pass for r in mine):  # no NaN
+            row.tokens_per_pass = tokens / sum(r.tokens / r.tokens_per_pass for r in mine)
+        row.drafted = sum(r.drafted for r in mine)
+        if row.drafted:
+            row.acceptance = sum(r.acceptance * r.drafted for r in mine if r.drafted) / row.drafted
+        out.append(row)
+    ar = next((r for r in out if r.contender == "ar"), None)
+    peer = next((r for r in out if r.contender not in METHODS), None)
+    for r in out:
+        if ar is not None:
+            r.vs_ar = r.tokens_per_s / ar.tokens_per_s
+        if peer is not None and r is not peer:
+            r.vs_peer = r.tokens_per_s / peer.tokens_per_s
+    return out
 
 
 def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[list[int]]:
@@ -179,8 +207,9 @@ def bench_model(
     for batch in batches:
         llm.max_batch = batch  # continuous batching with `batch` requests at a time
         with_peer = ref is not None and ref.supports(batch)
+        group_rows: list[Row] = []
         for group, prompts in sets[batch].items():
-            rows += _time_group(
+            group_rows += _time_group(
                 llm,
                 ref if with_peer else None,
                 name,
@@ -200,6 +229,9 @@ def bench_model(
                 quality,
                 meter,
             )
+        rows += group_rows
+        if len(sets[batch]) > 1:
+            rows += overall_rows(group_rows)
     return rows
 
 
@@ -258,7 +290,7 @@ def _time_group(
     for contender, tps_runs in times.items():
         tps = statistics.median(tps_runs)
         label = ref.name if contender == "peer" else contender
-        row = Row(name, batch, label, tps, prompts=group, runs=tps_runs)
+        row = Row(name, batch, label, tps, prompts=group, runs=tps_runs, tokens=total)
         row.joules_per_token = statistics.median(joules[contender])
         row.vs_ar = tps / ar_tps
         if contender == "peer":
@@ -266,7 +298,7 @@ def _time_group(
         else:
             s = stats[contender]
             row.tokens_per_pass = total / sum(x.passes for x in s)
-            proposed = sum(x.draft_tokens for x in s)
+            proposed = row.drafted = sum(x.draft_tokens for x in s)
             if proposed:
                 row.acceptance = sum(x.accepted_tokens for x in s) / proposed
             row.vs_peer = tps / peer_tps
