@@ -16,7 +16,16 @@ PROMPTS = ["The quick brown fox", "def", "Ünïcödé façade, naïve", "x", "em
 
 @pytest.fixture(scope="module")
 def heads_dir(llama_dir, tmp_path_factory):
-    """Rank-3, n=4 heads fitted for a few steps to the tiny model's own top-3 samples.
+    return fitted_heads(llama_dir, tmp_path_factory, rank=3)
+
+
+@pytest.fixture(scope="module")
+def rank1_heads_dir(llama_dir, tmp_path_factory):
+    return fitted_heads(llama_dir, tmp_path_factory, rank=1)
+
+
+def fitted_heads(llama_dir, tmp_path_factory, rank):
+    """n=4 heads fitted for a few steps to the tiny model's own top-3 samples.
 
     Good enough that some drafts are accepted and some rejected, so both paths run.
     """
@@ -35,7 +44,7 @@ def heads_dir(llama_dir, tmp_path_factory):
             t.append(s[i + 1 : i + 1 + n])
     h, t = torch.stack(h).clone(), torch.tensor(t)
     c = model.config
-    heads = CPHeads(HeadsConfig(n=n, rank=3, hidden_size=c.hidden_size, vocab_size=c.vocab_size))
+    heads = CPHeads(HeadsConfig(n=n, rank=rank, hidden_size=c.hidden_size, vocab_size=c.vocab_size))
     weight = hf_model(llama_dir).lm_head.weight.detach()
 
     def embed(x):
@@ -50,9 +59,13 @@ def heads_dir(llama_dir, tmp_path_factory):
     return save_heads(heads, tmp_path_factory.mktemp("heads") / "h", dtype=torch.float32)
 
 
+@pytest.mark.parametrize("rank", [3, 1])  # rank 1 drafts each position's argmax directly
 @pytest.mark.parametrize("method", ["heads", "heads-block"])
-def test_greedy_is_token_identical_to_ar_with_continuous_batching(llama_dir, heads_dir, method):
-    llm = LLM(llama_dir, dtype="fp32", heads=heads_dir, max_batch=2)
+def test_greedy_is_token_identical_to_ar_with_continuous_batching(
+    llama_dir, heads_dir, rank1_heads_dir, method, rank
+):
+    heads = heads_dir if rank == 3 else rank1_heads_dir
+    llm = LLM(llama_dir, dtype="fp32", heads=heads, max_batch=2)
     params = [
         SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (9, 40, 3, 25, 17)
     ]

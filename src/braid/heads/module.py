@@ -107,17 +107,14 @@ class CPHeads(nn.Module):
         out = torch.bmm(inner, up[lo * r : hi * r]).transpose(0, 1)  # [N, m' r, d]
         return hidden[:, None, None, :] + out.reshape(-1, hi - lo, r, c.hidden_size)
 
-    def factor_log_probs(
+    def factor_logits(
         self,
         hidden: torch.Tensor,
         unembed: Callable[[torch.Tensor], torch.Tensor],
         positions: int | None = None,
         skip_first: bool = False,
-        log: bool = True,
     ) -> torch.Tensor:
-        """log P_α^(s)(x) for every token: [N, d] -> [N, positions, r, V] (fp32).
-
-        With `log=False` the probabilities themselves (decoding mixes them linearly).
+        """Unnormalised log P_α^(s): [N, d] -> [N, positions, r, V] (fp32).
 
         `unembed` maps hidden states [M, d] to logits [M, V] (the base model's lm_head).
         Positions 1..`positions` (default n) come back, or 2..`positions` with `skip_first`
@@ -127,14 +124,27 @@ class CPHeads(nn.Module):
         stop = c.n if positions is None else positions
         start = 1 if skip_first else 0
         n_rows, parts = hidden.shape[0], []
-        norm = torch.log_softmax if log else torch.softmax
         if start == 0 and c.base_first:  # position 1 is the base model's for every expert
-            base = norm(unembed(hidden).float(), dim=-1)
+            base = unembed(hidden).float()
             parts.append(base[:, None, None, :].expand(n_rows, 1, c.rank, base.shape[-1]))
             start = 1
         shift = 1 if c.base_first else 0  # own projection index of position s is s - 1 - shift
         if stop > start:
             proj = self.project(hidden, slice(start - shift, stop - shift))
             logits = unembed(proj.reshape(-1, c.hidden_size)).float()
-            parts.append(norm(logits, -1).view(n_rows, stop - start, c.rank, -1))
+            parts.append(logits.view(n_rows, stop - start, c.rank, -1))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def factor_log_probs(
+        self,
+        hidden: torch.Tensor,
+        unembed: Callable[[torch.Tensor], torch.Tensor],
+        positions: int | None = None,
+        skip_first: bool = False,
+        log: bool = True,
+    ) -> torch.Tensor:
+        """log P_α^(s)(x) for every token: [N, d] -> [N, positions, r, V] (fp32); the
+        positions as in `factor_logits`. With `log=False` the probabilities themselves
+        (decoding mixes them linearly)."""
+        logits = self.factor_logits(hidden, unembed, positions, skip_first)
+        return torch.log_softmax(logits, -1) if log else torch.softmax(logits, -1)

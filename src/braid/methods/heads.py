@@ -63,10 +63,16 @@ class HeadsSpeculative:
             return drafts
         c = self.heads.config
         hidden = torch.stack([self.hidden[r.id] for r in active])
+        stop = 1 + max(budgets[r.id] for r in active)
+        if c.rank == 1 and all(r.params.greedy for r in active):
+            # one expert and no posterior: each position's draft is its own argmax
+            logits = self.heads.factor_logits(hidden, _draft_unembed(engine), stop, skip_first=True)
+            for r, picks in zip(active, logits[:, :, 0].argmax(-1).tolist()):
+                drafts[r.id][0].extend(picks[: budgets[r.id]])
+            return drafts
         log_w = self.heads.log_weights(hidden)
         # position 1 only matters to condition a mixture on the token the target sampled
         first = c.rank > 1 and not c.base_first
-        stop = 1 + max(budgets[r.id] for r in active)
         probs = self.heads.factor_log_probs(
             hidden, _draft_unembed(engine), stop, skip_first=not first, log=False
         )
