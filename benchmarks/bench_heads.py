@@ -5,9 +5,10 @@ and 1. Prints a markdown table and writes benchmarks/results/heads_cpu.{md,json,
     .venv/bin/python benchmarks/bench_heads.py                      # every shipped heads dir
     .venv/bin/python benchmarks/bench_heads.py --heads DIR --heads DIR2 --count 4 --runs 1
 
-Per (prompt set, temperature, contender): one warm-up run, then --runs timed runs over all
-prompts one request at a time (batch 1); tok/s is the median over runs of generated tokens /
-seconds; tokens per pass and acceptance are summed over the timed runs.
+Per (prompt set, temperature): each contender's warm-up, then --runs rounds in which every
+contender runs all prompts one request at a time (batch 1), interleaved; tok/s is the median
+over runs of generated tokens / seconds; tokens per pass and acceptance are summed over the
+timed runs.
 """
 
 from __future__ import annotations
@@ -58,16 +59,29 @@ def run_once(llm: LLM, prompts, method: str, temperature: float, new_tokens: int
     }
 
 
-def measure(llm, prompts, method, temperature, args) -> dict:
-    for _ in range(args.warmup):
-        run_once(llm, prompts[:2], method, temperature, args.new_tokens)
-    runs = [run_once(llm, prompts, method, temperature, args.new_tokens) for _ in range(args.runs)]
-    total = {k: sum(r[k] for r in runs) for k in ("tokens", "passes", "drafted", "accepted")}
-    return {
-        "tok_s": statistics.median(r["tokens"] / r["seconds"] for r in runs),
-        "tokens_per_pass": total["tokens"] / total["passes"],
-        "acceptance": total["accepted"] / total["drafted"] if total["drafted"] else None,
-    }
+def measure(contenders, prompts, temperature, args) -> dict[str, dict]:
+    """Every contender's warm-up, then --runs rounds of one run each, interleaved, so that a
+    change in machine load hits all contenders alike."""
+
+    def go(label, llm, ps):
+        return run_once(llm, ps, "ar" if label == "ar" else "heads", temperature, args.new_tokens)
+
+    for label, _, llm in contenders:
+        for _ in range(args.warmup):
+            go(label, llm, prompts[:2])
+    runs = {label: [] for label, _, _ in contenders}
+    for _ in range(args.runs):
+        for label, _, llm in contenders:
+            runs[label].append(go(label, llm, prompts))
+    out = {}
+    for label, rs in runs.items():
+        total = {k: sum(r[k] for r in rs) for k in ("tokens", "passes", "drafted", "accepted")}
+        out[label] = {
+            "tok_s": statistics.median(r["tokens"] / r["seconds"] for r in rs),
+            "tokens_per_pass": total["tokens"] / total["passes"],
+            "acceptance": total["accepted"] / total["drafted"] if total["drafted"] else None,
+        }
+    return out
 
 
 def heads_label(path: Path) -> tuple[str, float | None]:
@@ -117,11 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for set_name, prompts in sets.items():
         for temp in (float(t) for t in args.temperatures.split(",")):
-            ar_speed = None
-            for label, val_loss, llm in contenders:
-                method = "ar" if label == "ar" else "heads"
-                m = measure(llm, prompts, method, temp, args)
-                ar_speed = ar_speed or m["tok_s"]
+            measured = measure(contenders, prompts, temp, args)
+            ar_speed = measured["ar"]["tok_s"]
+            for label, val_loss, _ in contenders:
+                m = measured[label]
                 row = {
                     "prompts": set_name,
                     "temperature": temp,
