@@ -59,7 +59,7 @@ def run_once(llm: LLM, prompts, method: str, temperature: float, new_tokens: int
     }
 
 
-def measure(contenders, prompts, temperature, args) -> dict[str, dict]:
+def measure(contenders, prompts, temperature, args) -> list[dict]:
     """Every contender's warm-up, then --runs rounds of one run each, interleaved, so that a
     change in machine load hits all contenders alike."""
 
@@ -69,25 +69,29 @@ def measure(contenders, prompts, temperature, args) -> dict[str, dict]:
     for label, _, llm in contenders:
         for _ in range(args.warmup):
             go(label, llm, prompts[:2])
-    runs = {label: [] for label, _, _ in contenders}
+    runs: list[list[dict]] = [[] for _ in contenders]
     for _ in range(args.runs):
-        for label, _, llm in contenders:
-            runs[label].append(go(label, llm, prompts))
-    out = {}
-    for label, rs in runs.items():
+        for i, (label, _, llm) in enumerate(contenders):
+            runs[i].append(go(label, llm, prompts))
+    out = []
+    for rs in runs:
         total = {k: sum(r[k] for r in rs) for k in ("tokens", "passes", "drafted", "accepted")}
-        out[label] = {
-            "tok_s": statistics.median(r["tokens"] / r["seconds"] for r in rs),
-            "tokens_per_pass": total["tokens"] / total["passes"],
-            "acceptance": total["accepted"] / total["drafted"] if total["drafted"] else None,
-        }
+        out.append(
+            {
+                "tok_s": statistics.median(r["tokens"] / r["seconds"] for r in rs),
+                "tokens_per_pass": total["tokens"] / total["passes"],
+                "acceptance": total["accepted"] / total["drafted"] if total["drafted"] else None,
+            }
+        )
     return out
 
 
 def heads_label(path: Path) -> tuple[str, float | None]:
     cfg = json.loads((path / "heads.json").read_text())
-    steps = cfg.get("training", {}).get("steps", "?")
-    return f"heads n{cfg['n']} r{cfg['rank']} ({steps} steps)", cfg.get("val_loss")
+    training = cfg.get("training", {})
+    greedy = ", greedy targets" if training.get("targets") == "greedy" else ""
+    label = f"heads n{cfg['n']} r{cfg['rank']} ({training.get('steps', '?')} steps{greedy})"
+    return label, cfg.get("val_loss")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     for set_name, prompts in sets.items():
         for temp in (float(t) for t in args.temperatures.split(",")):
             measured = measure(contenders, prompts, temp, args)
-            ar_speed = measured["ar"]["tok_s"]
-            for label, val_loss, _ in contenders:
-                m = measured[label]
+            ar_speed = measured[0]["tok_s"]  # contenders[0] is ar
+            for (label, val_loss, _), m in zip(contenders, measured):
                 row = {
                     "prompts": set_name,
                     "temperature": temp,

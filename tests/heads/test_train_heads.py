@@ -127,3 +127,28 @@ def test_heads_for_another_architecture_size_work(tmp_path):
         llm.generate("x", params, method="heads")[0].token_ids
         == llm.generate("x", params)[0].token_ids
     )
+
+
+def test_greedy_targets_are_the_models_own_next_token_argmaxes(llama_dir):
+    """Row t of a window gets argmax p(. | x_<=t+s-1), s = 1..n, from transformers' logits."""
+    import numpy as np
+
+    from braid.heads.train import greedy_targets, hidden_states
+
+    ref = hf_model(llama_dir)
+    ids = np.arange(3, 3 + 40, dtype=np.int64) * 7 % 250
+    starts, context, n = np.array([0, 9]), 12, 3
+    hidden = hidden_states(ref, ids, starts, context).float()
+    weight = ref.get_output_embeddings().weight.detach()
+    targets, rows = greedy_targets(hidden, lambda h: h @ weight.t(), n)
+    with torch.no_grad():
+        best = [
+            ref(torch.from_numpy(ids[s : s + context])[None]).logits[0].argmax(-1) for s in starts
+        ]
+    expected, expected_rows = [], []
+    for w in range(len(starts)):
+        for t in range(context - n + 1):
+            expected.append([int(best[w][t + s]) for s in range(n)])
+            expected_rows.append(w * context + t)
+    assert targets.tolist() == expected
+    assert rows.tolist() == expected_rows

@@ -54,6 +54,7 @@ class HeadsTrainConfig:
     train_tokens: int = 200_000
     val_tokens: int = 16_384
     context: int = 512
+    targets: str = "data"  # data: the text's next tokens; greedy: the model's own argmax tokens
     finetune: bool = False
     finetune_lr: float = 1e-4
     seed: int = 0
@@ -120,6 +121,29 @@ def targets_for(ids: np.ndarray, starts: np.ndarray, context: int, n: int) -> to
     """x_{t+1..t+n} for every window position: [windows, context, n]."""
     offsets = starts[:, None, None] + np.arange(context)[None, :, None] + np.arange(1, n + 1)
     return torch.from_numpy(ids[offsets].astype(np.int64))
+
+
+@torch.no_grad()
+def greedy_targets(
+    hidden: torch.Tensor, unembed, n: int, chunk: int = 4096
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-distillation targets: the model's own argmax token after each position.
+
+    hidden [windows, context, d] -> (targets [rows, n], rows [rows]) where row t of a window
+    gets argmax p(. | x_<=t+s-1) for s = 1..n (teacher-forced on the text), and `rows` indexes
+    the flattened hidden states that have all n inside the window. Greedy verification keeps a
+    drafted token only when it is the model's argmax, so these are what a greedy draft should
+    predict.
+    """
+    w, c, _ = hidden.shape
+    flat = hidden.flatten(0, 1)
+    best = torch.cat(
+        [unembed(flat[i : i + chunk].float()).argmax(-1) for i in range(0, flat.shape[0], chunk)]
+    ).view(w, c)
+    t = torch.arange(c - n + 1)
+    targets = torch.stack([best[:, t + s] for s in range(n)], dim=-1)  # [w, c - n + 1, n]
+    rows = (torch.arange(w)[:, None] * c + t[None, :]).flatten()
+    return targets.flatten(0, 1), rows
 
 
 def _sha_file(path: Path) -> str:
@@ -212,8 +236,12 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
     tr_starts = window_starts(len(train_ids), cfg.train_tokens, context, cfg.seed)
     va_starts = window_starts(len(val_ids), cfg.val_tokens, context, cfg.seed + 1)
     val_h = cached_hidden(model, model_dir, val_ids, va_starts, context, "val", log)
-    val_h = val_h.flatten(0, 1)
-    val_t = targets_for(val_ids, va_starts, context, cfg.n).flatten(0, 1)
+    if cfg.targets == "greedy":
+        val_t, keep = greedy_targets(val_h, unembed, cfg.n)
+        val_h = val_h.flatten(0, 1)[keep]
+    else:
+        val_h = val_h.flatten(0, 1)
+        val_t = targets_for(val_ids, va_starts, context, cfg.n).flatten(0, 1)
 
     hc = HeadsConfig(
         n=cfg.n,
@@ -235,8 +263,13 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
         train_h = train_t = None
     else:
         train_h = cached_hidden(model, model_dir, train_ids, tr_starts, context, "train", log)
-        train_h = train_h.flatten(0, 1)
-        train_t = targets_for(train_ids, tr_starts, context, cfg.n).flatten(0, 1)
+        if cfg.targets == "greedy":
+            log("computing the model's greedy tokens (self-distillation targets)")
+            train_t, keep = greedy_targets(train_h, unembed_train, cfg.n)
+            train_h = train_h.flatten(0, 1)[keep]
+        else:
+            train_h = train_h.flatten(0, 1)
+            train_t = targets_for(train_ids, tr_starts, context, cfg.n).flatten(0, 1)
     opt = torch.optim.AdamW(params, weight_decay=0.0, betas=(0.9, 0.95))
 
     initial = evaluate(heads, val_h.to(device), val_t.to(device), unembed)
@@ -284,6 +317,7 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
         "lr": cfg.lr,
         "balance": cfg.balance,
         "finetune": cfg.finetune,
+        "targets": cfg.targets,
         "seconds": round(seconds, 1),
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -299,6 +333,10 @@ def check_config(cfg: HeadsTrainConfig) -> None:
         raise ValueError(f"--n must be in [2, {MAX_N}], got {cfg.n}")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.train_tokens < 1 or cfg.val_tokens < 1:
         raise ValueError("--steps, --batch-size, --train-tokens and --val-tokens must be >= 1")
+    if cfg.targets not in ("data", "greedy"):
+        raise ValueError(f"--targets must be data or greedy, got {cfg.targets!r}")
+    if cfg.targets == "greedy" and cfg.finetune:
+        raise ValueError("--targets greedy needs a frozen model (the targets come from it)")
 
 
 def _finetune_loss(model, heads, ids, cfg, context, step, unembed):
@@ -350,6 +388,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-tokens", type=int, default=d.train_tokens, help="cached positions")
     p.add_argument("--val-tokens", type=int, default=d.val_tokens)
     p.add_argument("--context", type=int, default=d.context, help="window of the base model")
+    p.add_argument(
+        "--targets",
+        choices=("data", "greedy"),
+        default=d.targets,
+        help="data: the text's next n tokens; greedy: the model's own argmax after each of "
+        "them (self-distillation: what greedy verification accepts)",
+    )
     p.add_argument("--finetune", action="store_true", help="train the backbone jointly")
     p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
     p.add_argument("--seed", type=int, default=d.seed)
