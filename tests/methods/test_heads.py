@@ -144,3 +144,20 @@ def test_all_draft_lengths_fit_context(llama_dir, heads_dir):
         )
         ar = llm.generate([prompt], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
         assert out[0].token_ids == ar[0].token_ids and len(out[0].token_ids) == extra
+
+
+def test_greedy_fast_draft_proposes_what_the_distribution_path_would(
+    llama_dir, heads_dir, rank1_heads_dir
+):
+    """Greedy requests draft by argmax without building distributions (rank 1: straight from
+    the head logits). A near-zero temperature takes the distribution path instead; its drafts
+    and verdicts are the same, so tokens, drafted and accepted counts must match exactly."""
+    for heads in (heads_dir, rank1_heads_dir):
+        llm = LLM(llama_dir, dtype="fp32", heads=heads, max_batch=2)
+        runs = {}
+        for t in (0.0, 1e-6):
+            params = [SamplingParams(max_tokens=30, temperature=t, ignore_eos=True, seed=1)] * 3
+            out = llm.generate(PROMPTS[:3], params, method="heads")
+            runs[t] = [(o.token_ids, o.stats.draft_tokens, o.stats.accepted_tokens) for o in out]
+        assert runs[0.0] == runs[1e-6]
+        assert sum(a for _, _, a in runs[0.0]) > 0
