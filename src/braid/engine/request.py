@@ -165,6 +165,14 @@ class Request:
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
+    def accept_verified(self, kept: Sequence[int], nxt: int, proposed: int) -> None:
+        """One verify pass of a drafting method: `kept` of `proposed` drafted tokens stay, then
+        `nxt`. Only drafted tokens that come out count as accepted (a stop may end it early)."""
+        self.stats.passes += 1
+        self.stats.draft_tokens += proposed
+        emitted = self.accept([*kept, nxt])
+        self.stats.accepted_tokens += min(len(kept), emitted)
+
     def accept(self, tokens: Sequence[int]) -> int:
         """Append sampled tokens in order until one finishes the request; returns how many stuck."""
         taken = 0

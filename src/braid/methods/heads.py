@@ -113,10 +113,9 @@ class HeadsSpeculative:
         for r in requests:
             draft, qs = drafts[r.id]
             k = len(draft)
-            if r.params.greedy:  # both rules reduce to: keep the draft while it is the argmax
-                best = logits[offset : offset + k + 1].argmax(-1).tolist()
-                tau = next((i for i in range(k) if draft[i] != best[i]), k)
-                self._finish(r, draft, tau, best[tau], hidden[offset + tau], kept_base[r.id])
+            if r.params.greedy:
+                tau, nxt = acceptance.greedy_prefix(draft, logits[offset : offset + k + 1])
+                self._finish(r, draft, tau, nxt, hidden[offset + tau], kept_base[r.id])
                 offset += k + 1
                 continue
             p = process_logits(logits[offset : offset + k + 1], [r.params] * (k + 1))
@@ -133,8 +132,5 @@ class HeadsSpeculative:
     def _finish(self, r: Request, draft: list[int], tau: int, nxt: int, state, base: int) -> None:
         """Keep τ drafted tokens and the drawn one; `state` drew it and feeds the next draft."""
         self.hidden[r.id] = state
-        r.stats.passes += 1
-        r.stats.draft_tokens += len(draft)
-        emitted = r.accept(draft[:tau] + [nxt])
-        r.stats.accepted_tokens += min(tau, emitted)  # a stop token may end the request early
+        r.accept_verified(draft[:tau], nxt, proposed=len(draft))
         r.graph.truncate(base + tau)

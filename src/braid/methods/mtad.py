@@ -26,9 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from braid.cache import ROOT
-from braid.methods.acceptance import joint_threshold
+from braid.methods.acceptance import AUTO_START, joint_threshold, next_gamma
 from braid.methods.draft import Drafter
-from braid.methods.speculative import AUTO_MAX, AUTO_START
 from braid.model.batch import Append, build_batch
 from braid.model.transformer import Transformer
 from braid.sampling import process_logits, sample
@@ -258,8 +257,8 @@ class Mtad:
             kept = self._verify_chain(engine, requests, drafts)
         for r in requests:  # the draft cache keeps its prefix and the accepted, drafted path
             if self.adaptive and depth[r.id]:
-                step = 2 if len(kept[r.id]) == depth[r.id] else -1
-                self.wanted[r.id] = min(AUTO_MAX, max(1, self.wanted.get(r.id, self.gamma) + step))
+                current = self.wanted.get(r.id, self.gamma)
+                self.wanted[r.id] = next_gamma(current, len(kept[r.id]) == depth[r.id])
             if depth[r.id] and not r.finished:
                 ns = drafts[r.id].nodes
                 drafted = [ns[i].row for i in kept[r.id] if ns[i].row >= 0]
@@ -319,10 +318,7 @@ class Mtad:
     @staticmethod
     def _emit(r: Request, accepted: list[int], next_dist: torch.Tensor, proposed: int) -> None:
         nxt = int(next_dist.argmax()) if r.params.greedy else sample(next_dist, r.generator)
-        r.stats.passes += 1
-        r.stats.draft_tokens += proposed
-        emitted = r.accept(accepted + [nxt])
-        r.stats.accepted_tokens += min(len(accepted), emitted)  # a stop may end the request early
+        r.accept_verified(accepted, nxt, proposed)
 
 
 def _seeded(generator: torch.Generator, scores: torch.Tensor, n: int) -> torch.Tensor:

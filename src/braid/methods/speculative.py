@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from braid.methods import acceptance
+from braid.methods.acceptance import AUTO_START, greedy_prefix, next_gamma
 from braid.methods.draft import Drafter
 from braid.model.batch import Append, build_batch
 from braid.model.transformer import Transformer
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
     from braid.engine.request import Request
 
 RULES = {"spec": acceptance.token_level, "block": acceptance.block}
-
-
-AUTO_START, AUTO_MAX = 4, 8
 
 
 class DraftSpeculative:
@@ -105,19 +103,13 @@ class DraftSpeculative:
             k = len(drafts[r.id])
             rows_r = logits[offset : offset + k + 1]
             offset += k + 1
-            r.stats.passes += 1
-            if r.params.greedy:  # both rules reduce to: keep the draft while it is the argmax
-                best = rows_r.argmax(-1).tolist()
-                tau = next((i for i in range(k) if drafts[r.id][i] != best[i]), k)
-                nxt = best[tau]
+            if r.params.greedy:
+                tau, nxt = greedy_prefix(drafts[r.id], rows_r)
             else:
                 tau, nxt = self._verify_sampled(r, drafts[r.id], q_rows[r.id], rows_r)
-            r.stats.draft_tokens += k
             if self.adaptive and k:
-                step = 2 if tau == k else -1
-                self.wanted[r.id] = min(AUTO_MAX, max(1, wanted[r.id] + step))
-            emitted = r.accept(drafts[r.id][:tau] + [nxt])
-            r.stats.accepted_tokens += min(tau, emitted)  # a stop token may end the request early
+                self.wanted[r.id] = next_gamma(wanted[r.id], tau == k)
+            r.accept_verified(drafts[r.id][:tau], nxt, proposed=k)
             # keep the pending input and the accepted draft; the drawn token is pending next
             r.graph.truncate(kept_base[r.id] + tau)
             if k:  # the draft cache holds y_1..y_{k-1} after its catch-up
