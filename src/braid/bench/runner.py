@@ -72,9 +72,8 @@ def overall_rows(rows: list[Row]) -> list[Row]:
     for contender in dict.fromkeys(r.contender for r in rows):
         mine = [r for r in rows if r.contender == contender]
         tokens = sum(r.tokens for r in mine)
-        row = Row(mine[0].model, mine[0].batch, contender, tokens, prompts="overall")
-        row.tokens_per_s = tokens / sum(r.tokens / r.tokens_per_s for r in mine)
-        row.tokens = tokens
+        tps = tokens / sum(r.tokens / r.tokens_per_s for r in mine)
+        row = Row(mine[0].model, mine[0].batch, contender, tps, prompts="overall", tokens=tokens)
         if all(r.tokens_per_pass == r.tokens_per_pass for r in mine):  # no NaN
             row.tokens_per_pass = tokens / sum(r.tokens / r.tokens_per_pass for r in mine)
         row.drafted = sum(r.drafted for r in mine)
