@@ -179,17 +179,29 @@ class TokenGraph:
         """A forked segment may still grow, e.g. pending tokens appended in the same pass as a
         draft tree under them, but only before any descendant token exists: a descendant sees
         all of its ancestors, so later growth would change what already-computed tokens see."""
-        for s in set(segments.tolist()) & self.sealed:
-            descendants = self.sees[: self.num_segments, s].nonzero().flatten()
-            if bool(torch.isin(self.seg[: self.length], descendants).any()):
-                raise ValueError(
-                    f"cannot append to segment {s}: it was forked or joined and its branches "
-                    "already hold tokens"
-                )
-            rows = (segments == s).nonzero().flatten()
-            later = torch.isin(segments, descendants).nonzero().flatten()
-            if later.numel() and int(rows.max()) > int(later.min()):
+        new = segments.tolist()
+        for s in set(new) & self.sealed:
+            descendants = self._descendants(s)
+            # segment ids grow with creation: tokens newer than every descendant rule them out
+            if self.length and int(self.seg[: self.length].max()) >= min(descendants):
+                if bool(torch.isin(self.seg[: self.length], torch.tensor(descendants)).any()):
+                    raise ValueError(
+                        f"cannot append to segment {s}: it was forked or joined and its "
+                        "branches already hold tokens"
+                    )
+            last_own = max(i for i, x in enumerate(new) if x == s)
+            first_below = next((i for i, x in enumerate(new) if x in descendants), None)
+            if first_below is not None and last_own > first_below:
                 raise ValueError(f"tokens of segment {s} must precede those of its branches")
+
+    def _descendants(self, segment: int) -> list[int]:
+        """Segments that descend from `segment` (created after it, so one pass in order)."""
+        below = {segment}
+        for i in range(segment + 1, self.num_segments):
+            if any(p in below for p in self.parents[i]):
+                below.add(i)
+        below.discard(segment)
+        return sorted(below)
 
     def truncate(self, length: int) -> None:
         """Roll back to the first `length` rows."""
@@ -197,17 +209,39 @@ class TokenGraph:
             raise ValueError(f"truncate to {length} of {self.length} rows")
         self.length = length
 
-    def keep(self, rows: torch.Tensor) -> None:
+    def keep(self, rows: torch.Tensor | Sequence[int]) -> None:
         """Compact the cache to the given rows (ascending), e.g. an accepted root-to-leaf path."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         if rows.numel() and (int(rows.max()) >= self.length or bool((rows.diff() <= 0).any())):
             raise ValueError("keep needs ascending rows below the cache length")
-        n = rows.numel()
-        s = self.slot
-        for t in self.pool.k + self.pool.v:
-            t[s, :, :n] = t[s, :, rows]
-        self.pos[:n] = self.pos[rows].clone()
-        self.seg[:n] = self.seg[rows].clone()
+        # rows already in place (a kept prefix) are not copied: a kept path moves a few rows
+        moved = (rows != torch.arange(rows.numel())).nonzero()
+        first = int(moved[0]) if moved.numel() else rows.numel()
+        self._compact(first, rows[first:])
+
+    def keep_path(self, prefix: int, rows: Sequence[int]) -> None:
+        """`keep` of the first `prefix` rows and then `rows` (ascending, from `prefix` on): a
+        verified path through a draft tree, without building the prefix's row list."""
+        rows = [int(r) for r in rows]
+        bounds = [prefix - 1, *rows]
+        if not 0 <= prefix <= self.length or any(b <= a for a, b in zip(bounds, rows)):
+            raise ValueError("keep_path needs a prefix and then ascending rows after it")
+        if rows and rows[-1] >= self.length:
+            raise ValueError("keep_path needs rows below the cache length")
+        skip = 0  # path rows already in place
+        while skip < len(rows) and rows[skip] == prefix + skip:
+            skip += 1
+        self._compact(prefix + skip, torch.tensor(rows[skip:], dtype=torch.long))
+
+    def _compact(self, first: int, src: torch.Tensor) -> None:
+        """Rows `src` move to first, first + 1, ...; the cache ends after them."""
+        n = first + src.numel()
+        if src.numel():
+            s = self.slot
+            for t in self.pool.k + self.pool.v:
+                t[s, :, first:n] = t[s, :, src]
+            self.pos[first:n] = self.pos[src].clone()
+            self.seg[first:n] = self.seg[src].clone()
         self.length = n
 
     def linearize(self) -> None:

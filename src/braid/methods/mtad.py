@@ -262,7 +262,7 @@ class Mtad:
             if depth[r.id] and not r.finished:
                 ns = drafts[r.id].nodes
                 drafted = [ns[i].row for i in kept[r.id] if ns[i].row >= 0]
-                graphs[r.id].keep(torch.tensor(list(range(caught_up[r.id])) + drafted))
+                graphs[r.id].keep_path(caught_up[r.id], drafted)
                 graphs[r.id].linearize()
 
     def _verify_chain(self, engine, requests, drafts) -> dict[int, list[int]]:
@@ -311,7 +311,7 @@ class Mtad:
             chain, nxt = tree_verdict(ns, p, self.tau)
             self._emit(r, [ns[i].token for i in chain], nxt, proposed=len(ns))
             kept[r.id] = chain
-            r.graph.keep(torch.tensor(list(range(base[r.id])) + [base[r.id] + i for i in chain]))
+            r.graph.keep_path(base[r.id], [base[r.id] + i for i in chain])
             r.graph.linearize()
         return kept
 
