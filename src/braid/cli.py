@@ -64,21 +64,24 @@ def _add_generate(sub) -> None:
         help="ar: one token per pass; spec / block: a draft model proposes --gamma tokens, "
         "token-level / block verification keeps them (exact); mtad / mtad-tree: the draft "
         "beam-samples, a joint-ratio test against --tau keeps a prefix (lossy; equal to ar "
-        "at temperature 0); multiverse: a Multiverse model forks its own parallel paths and "
-        "the engine decodes them side by side",
+        "at temperature 0); heads / heads-block: CP heads on the model's own hidden state draft "
+        "n - 1 tokens (exact); heads-tree: the heads draft a tree of --gamma candidate tokens, "
+        "verified in one pass (exact); multiverse: a Multiverse model forks its own parallel "
+        "paths and the engine decodes them side by side",
     )
     p.add_argument("--draft", help="draft model directory (default: the bundled draft)")
     p.add_argument(
         "--heads",
-        help="CP heads directory for --method heads / heads-block (default: the bundled heads "
+        help="CP heads directory for --method heads / heads-block / heads-tree (default: the "
+        "bundled heads "
         "of the bundled target); heads draft n - 1 tokens from each target pass",
     )
     p.add_argument(
         "--gamma",
         type=parse_gamma,
         default=4,
-        help="drafted tokens per target pass, or 'auto' (spec, block, mtad, mtad-tree): adapted "
-        "per request from its acceptance",
+        help="drafted tokens per target pass (heads-tree: nodes of the draft tree), or 'auto' "
+        "(spec, block, mtad, mtad-tree): adapted per request from its acceptance",
     )
     p.add_argument("--beams", type=int, default=4, help="mtad: beams of the draft")
     p.add_argument("--tau", type=float, default=0.5, help="mtad: joint acceptance threshold")

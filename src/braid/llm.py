@@ -142,9 +142,12 @@ class LLM:
         block verification (exact: the output distribution of "ar"); "mtad" / "mtad-tree": the
         draft beam-samples (`beams` beams) and the target keeps the longest draft prefix whose
         joint probability ratio exceeds `tau` (lossy by design; equal to "ar" at temperature 0).
-        gamma: drafted tokens per target pass; "auto" (spec, block, mtad, mtad-tree) adapts it
-        per request from
-        its acceptance (+2 after a fully accepted draft, -1 after a rejection, 1..8).
+        "heads" / "heads-block": CP heads (`heads=DIR`) draft n - 1 tokens from the target's
+        own hidden state, verified token-level / block (exact); "heads-tree": the heads draft a
+        tree of `gamma` candidates (their fitted template), verified in one pass (exact).
+        gamma: drafted tokens per target pass (heads-tree: tree nodes); "auto" (spec, block,
+        mtad, mtad-tree) adapts it per request from its acceptance (+2 after a fully accepted
+        draft, -1 after a rejection, 1..8).
         "multiverse": the model forks its own parallel paths (`</Goal>` with numbered outlines);
         blocks with more than `max_paths` paths or
         nested deeper than `max_depth` decode sequentially; max_tokens bounds the critical path

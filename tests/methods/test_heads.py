@@ -5,7 +5,7 @@ import torch
 from helpers import hf_model
 
 from braid import LLM, SamplingParams
-from braid.heads import CPHeads, HeadsConfig, save_heads
+from braid.heads import CPHeads, HeadsConfig, load_heads, save_heads
 from braid.heads.train import heads_loss
 from braid.model import load_model
 from braid.model.batch import Append, build_batch
@@ -102,7 +102,37 @@ def exact_three_token_distribution(model_dir, prompt_ids, top_k):
     return joint
 
 
-@pytest.mark.parametrize("method", ["heads", "heads-block"])
+@pytest.fixture(scope="module")
+def tree_heads_dir(heads_dir, tmp_path_factory):
+    """The rank-3 heads with a fitted-looking template: deep greedy chain first."""
+    heads = load_heads(heads_dir)
+    heads.config.tree = [[0], [0, 0], [1], [0, 0, 0], [0, 1], [2], [1, 0]]
+    return save_heads(heads, tmp_path_factory.mktemp("tree") / "h", dtype=torch.float32)
+
+
+@pytest.mark.parametrize("nodes", [1, 3, 7])
+@pytest.mark.parametrize("which", ["rank3", "rank1", "fitted"])
+def test_tree_greedy_is_token_identical_to_ar_with_continuous_batching(
+    llama_dir, heads_dir, rank1_heads_dir, tree_heads_dir, which, nodes
+):
+    heads = {"rank3": heads_dir, "rank1": rank1_heads_dir, "fitted": tree_heads_dir}[which]
+    llm = LLM(llama_dir, dtype="fp32", heads=heads, max_batch=2)
+    params = [
+        SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (9, 40, 3, 25, 17)
+    ]
+    ar = llm.generate(PROMPTS, params)
+    out = llm.generate(PROMPTS, params, method="heads-tree", gamma=nodes)
+    for a, o in zip(ar, out):
+        assert o.token_ids == a.token_ids
+    stats = [o.stats for o in out]
+    proposed = sum(s.draft_tokens for s in stats)
+    accepted = sum(s.accepted_tokens for s in stats)
+    assert 0 < accepted < proposed  # partial acceptance: the walk and the cache compaction ran
+    assert all(s.draft_tokens <= nodes * (s.passes - 1) for s in stats)
+    assert sum(s.passes for s in stats) < sum(s.generated_tokens for s in stats)
+
+
+@pytest.mark.parametrize("method", ["heads", "heads-block", "heads-tree"])
 def test_sampling_matches_the_target_distribution(llama_dir, heads_dir, method):
     """1000 seeded runs; total variation to the exact joint of the first three tokens < 0.15.
 
@@ -115,7 +145,8 @@ def test_sampling_matches_the_target_distribution(llama_dir, heads_dir, method):
     exact = exact_three_token_distribution(llama_dir, prompt, top_k=3)
     n = 1000
     params = [SamplingParams(max_tokens=3, top_k=3, seed=s, ignore_eos=True) for s in range(n)]
-    outs = llm.generate([prompt] * n, params, method=method)
+    # heads-tree: two candidates for token 2 (the draft can only reach depth 1 here)
+    outs = llm.generate([prompt] * n, params, method=method, gamma=2)
     counts = {}
     for o in outs:
         counts[tuple(o.token_ids)] = counts.get(tuple(o.token_ids), 0) + 1
@@ -123,7 +154,9 @@ def test_sampling_matches_the_target_distribution(llama_dir, heads_dir, method):
     assert tv < 0.15, tv
     drafted = sum(o.stats.draft_tokens for o in outs)
     accepted = sum(o.stats.accepted_tokens for o in outs)
-    assert 0 < accepted < drafted == n  # one draft token per request, sometimes kept
+    width = 2 if method == "heads-tree" else 1
+    assert drafted == width * n  # the drafts of token 2 (one chain token, or two candidates)
+    assert 0.1 * n < accepted < n  # token 2 was sometimes kept and sometimes not
 
 
 def test_heads_need_heads(llama_dir):
@@ -133,15 +166,15 @@ def test_heads_need_heads(llama_dir):
         LLM(llama_dir, dtype="fp32").generate("hi", method="heads")
 
 
-def test_all_draft_lengths_fit_context(llama_dir, heads_dir):
+@pytest.mark.parametrize("method", ["heads", "heads-tree"])
+def test_all_draft_lengths_fit_context(llama_dir, heads_dir, method):
     """A prompt one token short of the context: the draft shrinks instead of overflowing."""
     llm = LLM(llama_dir, dtype="fp32", heads=heads_dir)
     ctx = llm.model.config.max_position_embeddings
     for extra in (1, 2, 3):
         prompt = [5] * (ctx - extra)
-        out = llm.generate(
-            [prompt], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True), method="heads"
-        )
+        params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+        out = llm.generate([prompt], params, method=method, gamma=8)
         ar = llm.generate([prompt], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
         assert out[0].token_ids == ar[0].token_ids and len(out[0].token_ids) == extra
 

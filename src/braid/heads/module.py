@@ -34,6 +34,8 @@ class HeadsConfig:
     base_model: dict = field(default_factory=dict)  # what the heads were trained on
     val_loss: float | None = None  # joint validation NLL (nats per position), from training
     training: dict = field(default_factory=dict)  # how they were trained (command, steps...)
+    tree: list = field(default_factory=list)  # draft tree template (braid.heads.tree), fitted
+    tree_tokens: list = field(default_factory=list)  # [k]: validation tokens/pass, k + 1 nodes
 
     def __post_init__(self) -> None:
         if self.n < 2:

@@ -21,8 +21,18 @@ class Method(Protocol):
         """Free whatever the method holds for a finished or aborted request."""
 
 
-METHODS = ("ar", "spec", "block", "mtad", "mtad-tree", "multiverse", "heads", "heads-block")
-HEADS_METHODS = ("heads", "heads-block")
+METHODS = (
+    "ar",
+    "spec",
+    "block",
+    "mtad",
+    "mtad-tree",
+    "multiverse",
+    "heads",
+    "heads-block",
+    "heads-tree",
+)
+HEADS_METHODS = ("heads", "heads-block", "heads-tree")
 DRAFT_METHODS = ("spec", "block", "mtad", "mtad-tree")
 
 
@@ -59,6 +69,10 @@ def make_method(
     if name in HEADS_METHODS:  # `heads`: loaded CPHeads
         if heads is None:
             raise InvalidRequestError(f"method {name!r} needs CP heads (heads=DIR)")
+        if name == "heads-tree":
+            from braid.methods.heads_tree import HeadsTree
+
+            return HeadsTree(heads, nodes=gamma)
         from braid.methods.heads import HeadsSpeculative
 
         return HeadsSpeculative(heads, rule=name)

@@ -1,0 +1,151 @@
+"""`heads-tree`: the heads draft a token tree, the target verifies every node in one pass.
+
+Draft: the heads' tree template (`braid.heads.tree`, fitted at training time) names each node
+by the ranks of its tokens; from the hidden state that drew x_{t+1}, a node's children are the
+top candidates of the mixture marginal conditioned on x_{t+1} and the node's own path.
+
+Verify: the pending token and every node go in one target pass, each node in a cache branch
+off its parent (the token graph, as `mtad-tree`). Then a walk from the root draws each next
+token from the target's processed distribution at the current node (argmax at temperature 0)
+and descends while the draw is one of the node's children. Every emitted token is a draw from
+the target given the tokens before it, so the output distribution is exactly `ar`'s at every
+temperature; a fixed candidate set is accepted with the target probability of its members.
+The cache keeps the walked path, and the state of its last node feeds the next draft.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from braid.cache import ROOT
+from braid.heads.draft import condition
+from braid.heads.module import CPHeads
+from braid.heads.tree import Path, check_template, default_template, draft_tree
+from braid.methods.heads import _draft_unembed
+from braid.model.batch import Append
+from braid.sampling import process_logits, sample
+
+if TYPE_CHECKING:
+    from braid.engine.engine import Engine
+    from braid.engine.request import Request
+
+
+class HeadsTree:
+    name = "heads-tree"
+
+    def __init__(self, heads: CPHeads, nodes: int = 4):
+        """`nodes`: drafted tokens per pass, the first of the heads' fitted template (a guessed
+        one for heads trained before templates, or past the fitted size)."""
+        if not isinstance(nodes, int) or nodes < 1:
+            raise ValueError(f"a draft tree needs an integer number of nodes >= 1, got {nodes!r}")
+        self.heads = heads.pack()
+        c = heads.config
+        fitted = [p for p in check_template(c.tree) if len(p) < c.n]
+        if len(fitted) < nodes:
+            known = set(fitted)
+            extra = [p for p in default_template(c.n - 1, 2 * nodes) if p not in known]
+            fitted += extra[: nodes - len(fitted)]
+        self.template: list[Path] = fitted[:nodes]
+        self.hidden: dict[int, torch.Tensor] = {}  # request id -> state that drew its last token
+
+    def release(self, request: Request) -> None:
+        self.hidden.pop(request.id, None)
+
+    def _template(self, engine: Engine, r: Request) -> list[Path]:
+        """The template cut to what the request may emit and its cache may hold."""
+        if r.id not in self.hidden:
+            return []
+        depth = r.remaining - 1
+        room = engine.max_context - r.num_tokens
+        return [p for p in self.template if len(p) <= depth][: max(0, room)]
+
+    @torch.inference_mode()
+    def _draft(self, engine: Engine, requests: list[Request], templates: dict[int, list[Path]]):
+        """(tokens, parents) of each request's tree."""
+        trees: dict[int, tuple[list[int], list[int]]] = {r.id: ([], []) for r in requests}
+        active = [r for r in requests if templates[r.id]]
+        if not active:
+            return trees
+        c = self.heads.config
+        hidden = torch.stack([self.hidden[r.id] for r in active])
+        stop = 1 + max(max(len(p) for p in templates[r.id]) for r in active)
+        unembed = _draft_unembed(engine)
+        if c.rank == 1:  # one expert: no posterior, any monotone score ranks the candidates
+            scores = self.heads.factor_logits(hidden, unembed, stop, skip_first=True)
+            for i, r in enumerate(active):
+                trees[r.id] = draft_tree(templates[r.id], scores[i])
+            return trees
+        log_w = self.heads.log_weights(hidden)
+        first = not c.base_first  # condition on the drawn token through position 1's factor
+        probs = self.heads.factor_log_probs(hidden, unembed, stop, skip_first=not first, log=False)
+        for i, r in enumerate(active):
+            post = log_w[i] - torch.logsumexp(log_w[i], 0)
+            if first:
+                post = condition(post, probs[i, 0], r.all_ids[-1])
+            rows = probs[i, 1:] if first else probs[i]
+            trees[r.id] = draft_tree(templates[r.id], rows, post)
+        return trees
+
+    def step(self, engine: Engine, requests: list[Request]) -> None:
+        templates = {r.id: self._template(engine, r) for r in requests}
+        trees = self._draft(engine, requests, templates)
+
+        appends, rows, n, base = [], [], 0, {}
+        for r in requests:
+            g = r.graph
+            tokens, parents = trees[r.id]
+            pending = r.all_ids[g.length :]
+            base[r.id] = r.num_tokens
+            segs: list[int] = []
+            for par in parents:  # each node branches off its parent's segment
+                segs.append(g.fork(segs[par] if par >= 0 else ROOT, 1)[0])
+            depth = _depths(parents)
+            pos = list(range(g.length, base[r.id])) + [base[r.id] + d - 1 for d in depth]
+            appends.append(Append(g, pending + tokens, pos, [ROOT] * len(pending) + segs))
+            rows.extend(range(n + len(pending) - 1, n + len(pending) + len(tokens)))
+            n += len(pending) + len(tokens)
+        logits, hidden, _ = engine.forward(appends, torch.tensor(rows), return_hidden=True)
+
+        offset = 0
+        for r in requests:
+            tokens, parents = trees[r.id]
+            k = len(tokens)
+            walked, nxt = self._walk(r, tokens, parents, logits[offset : offset + k + 1])
+            self.hidden[r.id] = hidden[offset + (walked[-1] + 1 if walked else 0)]
+            r.accept_verified([tokens[i] for i in walked], nxt, proposed=k)
+            if k:
+                r.graph.keep_path(base[r.id], [base[r.id] + i for i in walked])
+                r.graph.linearize()
+            offset += k + 1
+
+    @staticmethod
+    def _walk(r: Request, tokens: list[int], parents: list[int], logits: torch.Tensor):
+        """Node indices walked from the root and the token drawn after the last of them.
+
+        logits[0] follows the pending token, logits[1 + i] follows node i."""
+        children: dict[tuple[int, int], int] = {
+            (par, tok): i for i, (par, tok) in enumerate(zip(parents, tokens))
+        }
+        greedy = r.params.greedy
+        if greedy:
+            best = logits.argmax(-1).tolist()
+        else:
+            probs = process_logits(logits, [r.params] * len(logits))
+        walked: list[int] = []
+        node = -1
+        while True:
+            x = best[node + 1] if greedy else sample(probs[node + 1], r.generator)
+            child = children.get((node, x))
+            if child is None:
+                return walked, x
+            walked.append(child)
+            node = child
+
+
+def _depths(parents: list[int]) -> list[int]:
+    out: list[int] = []
+    for par in parents:
+        out.append(1 if par < 0 else out[par] + 1)
+    return out
