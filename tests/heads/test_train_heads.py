@@ -78,10 +78,19 @@ def test_train_heads_cli_and_joint_finetuning(llama_dir, corpus_file, tmp_path):
     assert len(llm.generate("def", params, method="heads")[0].token_ids) == 6
 
 
-def test_train_heads_cli_rejects_bad_settings(capsys, tmp_path):
-    assert main(["train-heads", "--n", "1", "--out", str(tmp_path / "x")]) == 2
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--n", "1"], "--n must be"),
+        (["--targets", "generated", "--gen-tokens", "4"], "--gen-tokens > n"),
+        (["--targets", "generated", "--finetune"], "needs a frozen model"),
+    ],
+)
+def test_train_heads_cli_rejects_bad_settings(capsys, tmp_path, args, message):
+    assert main(["train-heads", *args, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "--n must be" in err
+    assert len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.mark.parametrize("kind", ["residual", "linear"])
@@ -152,3 +161,58 @@ def test_greedy_targets_are_the_models_own_next_token_argmaxes(llama_dir):
             expected_rows.append(w * context + t)
     assert targets.tolist() == expected
     assert rows.tolist() == expected_rows
+
+
+def test_generated_sequences_are_the_models_greedy_continuations(llama_dir):
+    """Every generated token is transformers' argmax after the tokens before it (teacher-forced
+    over the whole sequence), and the training rows are the states that draw them."""
+    from braid.heads.generated import continue_text, generated_rows
+
+    ref = hf_model(llama_dir)
+    prompts = torch.tensor([[5, 9, 200, 31, 7], [3, 3, 3, 3, 3], [17, 250, 4, 8, 90]])
+    seqs = continue_text(ref, prompts, 9, batch=2)
+    assert seqs.shape == (3, 14) and torch.equal(seqs[:, :5], prompts)
+    with torch.no_grad():
+        best = ref(seqs).logits.argmax(-1)
+    assert torch.equal(best[:, 4:-1], seqs[:, 5:])
+
+    n = 3
+    hidden = torch.zeros(3, 14, 4)
+    rows, targets = generated_rows(hidden, seqs, 5, n)
+    expected = [
+        (w * 14 + t, seqs[w, t + 1 : t + 1 + n].tolist()) for w in range(3) for t in range(4, 11)
+    ]
+    assert rows.tolist() == [r for r, _ in expected]
+    assert targets.tolist() == [t for _, t in expected]
+
+
+def test_training_on_generated_text_fits_a_draft_tree(llama_dir, corpus_file, tmp_path):
+    from braid.heads.tree import check_template
+
+    cfg = HeadsTrainConfig(
+        out=str(tmp_path / "heads"),
+        model=str(llama_dir),
+        data=str(corpus_file),
+        n=3,
+        rank=2,
+        steps=40,
+        batch_size=32,
+        lr=1e-2,
+        train_tokens=640,
+        val_tokens=160,
+        targets="generated",
+        gen_prompt=8,
+        gen_tokens=24,
+    )
+    saved = train_heads(cfg, quiet=True)
+    assert saved["val_loss"] < 0.8 * saved["training"]["initial_val_loss"]
+    assert saved["training"]["targets"] == "generated"
+    tree, tokens = saved["tree"], saved["tree_tokens"]
+    assert 1 <= len(tree) <= 32 and check_template(tree)
+    assert max(len(p) for p in tree) <= 2  # n - 1 draft depths
+    assert len(tokens) == len(tree) and all(a <= b for a, b in zip(tokens, tokens[1:]))
+    assert 1.0 <= tokens[0] and tokens[-1] <= 3.0
+    llm = LLM(llama_dir, dtype="fp32", heads=tmp_path / "heads")
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    tree_out = llm.generate("def", params, method="heads-tree", gamma=5)[0]
+    assert tree_out.token_ids == llm.generate("def", params)[0].token_ids

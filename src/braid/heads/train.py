@@ -32,9 +32,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from braid.heads.generated import continue_text, generated_rows
 from braid.heads.io import save_heads
 from braid.heads.loss import gather_targets, joint_nll, load_balance
 from braid.heads.module import KINDS, CPHeads, HeadsConfig
+from braid.heads.tree import expected_tokens, fit_template, true_ranks
+
+TARGETS = ("data", "greedy", "generated")
+TREE_NODES = 32  # draft tree template fitted on the validation set (heads-tree uses a prefix)
 
 
 @dataclass
@@ -54,7 +59,12 @@ class HeadsTrainConfig:
     train_tokens: int = 200_000
     val_tokens: int = 16_384
     context: int = 512
-    targets: str = "data"  # data: the text's next tokens; greedy: the model's own argmax tokens
+    # data: the text's next tokens; greedy: the model's argmax after each text token;
+    # generated: the model's own continuations of corpus prompts (braid.heads.generated)
+    targets: str = "data"
+    gen_prompt: int = 64  # generated: prompt tokens per continuation
+    gen_tokens: int = 192  # generated: new tokens per continuation
+    gen_temperatures: str = "0"  # generated: comma list, prompts split among them (0 = greedy)
     finetune: bool = False
     finetune_lr: float = 1e-4
     seed: int = 0
@@ -108,11 +118,17 @@ def hidden_states(
     model: torch.nn.Module, ids: np.ndarray, starts: np.ndarray, context: int, batch: int = 4
 ) -> torch.Tensor:
     """Final-normed hidden states [windows, context, d] (bf16) of the windows at `starts`."""
+    rows = np.stack([ids[s : s + context] for s in starts]).astype(np.int64)
+    return window_hidden(model, torch.from_numpy(rows), batch)
+
+
+@torch.no_grad()
+def window_hidden(model: torch.nn.Module, rows: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    """Final-normed hidden states [W, L, d] (bf16) of token windows rows [W, L]."""
     device = next(model.parameters()).device
     out = []
-    for i in range(0, len(starts), batch):
-        rows = np.stack([ids[s : s + context] for s in starts[i : i + batch]]).astype(np.int64)
-        h = model.model(input_ids=torch.from_numpy(rows).to(device)).last_hidden_state
+    for i in range(0, len(rows), batch):
+        h = model.model(input_ids=rows[i : i + batch].to(device)).last_hidden_state
         out.append(h.to(torch.bfloat16).cpu())
     return torch.cat(out)
 
@@ -154,26 +170,88 @@ def _sha_file(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_hidden(model, model_dir, ids, starts, context, tag: str, log) -> torch.Tensor:
-    """Hidden states from the braid cache dir, computed and stored on a miss."""
+def _cached(model_dir: Path, what: str, payload: bytes, compute, log):
+    """`compute()` once per model weights and inputs: stored under the braid cache dir."""
     from braid.training.corpus import cache_root
 
     weights = sorted(model_dir.glob("*.safetensors"))
     key = hashlib.sha256(
-        "|".join([*(_sha_file(w) for w in weights), tag, str(context)]).encode()
-        + starts.tobytes()
-        + ids[: 1 << 16].tobytes()
+        "|".join([*(_sha_file(w) for w in weights), what]).encode() + payload
     ).hexdigest()[:20]
     path = cache_root() / "heads_hidden" / f"{key}.pt"
     if path.exists():
         return torch.load(path)
-    log(f"computing hidden states of {len(starts) * context:,} {tag} tokens")
-    hidden = hidden_states(model, ids, starts, context)
+    value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(hidden, tmp)
+    torch.save(value, tmp)
     tmp.replace(path)
-    return hidden
+    return value
+
+
+def cached_hidden(model, model_dir, ids, starts, context, tag: str, log) -> torch.Tensor:
+    """Hidden states of corpus windows, computed and stored on a cache miss."""
+
+    def compute() -> torch.Tensor:
+        log(f"computing hidden states of {len(starts) * context:,} {tag} tokens")
+        return hidden_states(model, ids, starts, context)
+
+    payload = starts.tobytes() + ids[: 1 << 16].tobytes()
+    return _cached(model_dir, f"{tag}|{context}", payload, compute, log)
+
+
+def generated_set(
+    model,
+    model_dir: Path,
+    ids: np.ndarray,
+    tokens: int,
+    cfg: HeadsTrainConfig,
+    seed: int,
+    tag: str,
+    log,
+    quiet: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden [N, d], targets [N, n]) of the model's own continuations of corpus windows:
+    tokens // (gen_prompt + gen_tokens) prompts of gen_prompt tokens, split evenly among the
+    temperatures of cfg.gen_temperatures (see braid.heads.generated)."""
+    from tqdm.auto import tqdm
+
+    p, g = cfg.gen_prompt, cfg.gen_tokens
+    temps = parse_temperatures(cfg.gen_temperatures)
+    count = max(len(temps), tokens // (p + g))
+    starts = window_starts(len(ids), count * p, p, seed)
+    prompts = torch.from_numpy(np.stack([ids[s : s + p] for s in starts]).astype(np.int64))
+    hidden, targets = [], []
+    for i, temp in enumerate(temps):
+        part = prompts[i :: len(temps)]
+
+        def compute(part=part, temp=temp, i=i) -> dict:
+            how = "greedy" if temp == 0 else f"T={temp:g}"
+            log(f"generating {len(part)} x {g} tokens ({how}) and their hidden states ({tag})")
+            with tqdm(total=len(part), disable=quiet, unit="seq", file=sys.stderr) as bar:
+                seqs = continue_text(model, part, g, temp, seed=seed + i, bar=bar)
+            return {"ids": seqs, "hidden": window_hidden(model, seqs)}
+
+        payload = part.numpy().tobytes()
+        data = _cached(
+            model_dir, f"generated|{tag}|{p}|{g}|{temp}|{seed + i}", payload, compute, log
+        )
+        rows, t = generated_rows(data["hidden"], data["ids"], p, cfg.n)
+        hidden.append(data["hidden"].flatten(0, 1)[rows])
+        targets.append(t)
+    return torch.cat(hidden), torch.cat(targets)
+
+
+def parse_temperatures(text: str) -> list[float]:
+    try:
+        temps = [float(t) for t in text.split(",")]
+    except ValueError:
+        temps = []
+    if not temps or any(not 0 <= t <= 10 for t in temps):
+        raise ValueError(
+            f"--gen-temperatures wants a comma list of temperatures >= 0, got {text!r}"
+        )
+    return temps
 
 
 def heads_loss(
@@ -235,13 +313,18 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
     context = min(cfg.context, mc.max_position_embeddings)
     tr_starts = window_starts(len(train_ids), cfg.train_tokens, context, cfg.seed)
     va_starts = window_starts(len(val_ids), cfg.val_tokens, context, cfg.seed + 1)
-    val_h = cached_hidden(model, model_dir, val_ids, va_starts, context, "val", log)
-    if cfg.targets == "greedy":
-        val_t, keep = greedy_targets(val_h, unembed, cfg.n)
-        val_h = val_h.flatten(0, 1)[keep]
+    if cfg.targets == "generated":
+        val_h, val_t = generated_set(
+            model, model_dir, val_ids, cfg.val_tokens, cfg, cfg.seed + 1, "val", log, quiet
+        )
     else:
-        val_h = val_h.flatten(0, 1)
-        val_t = targets_for(val_ids, va_starts, context, cfg.n).flatten(0, 1)
+        val_h = cached_hidden(model, model_dir, val_ids, va_starts, context, "val", log)
+        if cfg.targets == "greedy":
+            val_t, keep = greedy_targets(val_h, unembed, cfg.n)
+            val_h = val_h.flatten(0, 1)[keep]
+        else:
+            val_h = val_h.flatten(0, 1)
+            val_t = targets_for(val_ids, va_starts, context, cfg.n).flatten(0, 1)
 
     hc = HeadsConfig(
         n=cfg.n,
@@ -261,6 +344,10 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
         body = [p for p in model.parameters() if p.requires_grad]
         params.append({"params": body, "lr": cfg.finetune_lr, "peak": cfg.finetune_lr})
         train_h = train_t = None
+    elif cfg.targets == "generated":
+        train_h, train_t = generated_set(
+            model, model_dir, train_ids, cfg.train_tokens, cfg, cfg.seed, "train", log, quiet
+        )
     else:
         train_h = cached_hidden(model, model_dir, train_ids, tr_starts, context, "train", log)
         if cfg.targets == "greedy":
@@ -305,6 +392,11 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
     heads.eval()
     val = evaluate(heads, val_h.to(device), val_t.to(device), unembed)
     log(f"joint validation NLL {val:.4f} nats/position (initial {initial:.4f})")
+    ranks = true_ranks(heads, val_h.to(device), val_t.to(device), unembed).cpu()
+    hc.tree = [list(p) for p in fit_template(ranks, TREE_NODES)]
+    hc.tree_tokens = [
+        round(expected_tokens(ranks, hc.tree[:k]), 3) for k in range(1, len(hc.tree) + 1)
+    ]
     hc.val_loss = round(val, 4)
     hc.base_model = base
     hc.training = {
@@ -318,6 +410,7 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
         "balance": cfg.balance,
         "finetune": cfg.finetune,
         "targets": cfg.targets,
+        **({"gen_temperatures": cfg.gen_temperatures} if cfg.targets == "generated" else {}),
         "seconds": round(seconds, 1),
         "device": str(device),
         "threads": torch.get_num_threads(),
@@ -333,10 +426,16 @@ def check_config(cfg: HeadsTrainConfig) -> None:
         raise ValueError(f"--n must be in [2, {MAX_N}], got {cfg.n}")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.train_tokens < 1 or cfg.val_tokens < 1:
         raise ValueError("--steps, --batch-size, --train-tokens and --val-tokens must be >= 1")
-    if cfg.targets not in ("data", "greedy"):
-        raise ValueError(f"--targets must be data or greedy, got {cfg.targets!r}")
-    if cfg.targets == "greedy" and cfg.finetune:
-        raise ValueError("--targets greedy needs a frozen model (the targets come from it)")
+    if cfg.targets not in TARGETS:
+        raise ValueError(f"--targets must be one of {', '.join(TARGETS)}, got {cfg.targets!r}")
+    if cfg.targets != "data" and cfg.finetune:
+        raise ValueError(f"--targets {cfg.targets} needs a frozen model (the targets come from it)")
+    parse_temperatures(cfg.gen_temperatures)
+    if cfg.gen_prompt < 1 or cfg.gen_tokens <= cfg.n:
+        raise ValueError(
+            f"--gen-prompt must be >= 1 and --gen-tokens > n ({cfg.n}); got {cfg.gen_prompt}, "
+            f"{cfg.gen_tokens}"
+        )
 
 
 def _finetune_loss(model, heads, ids, cfg, context, step, unembed):
@@ -390,10 +489,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", type=int, default=d.context, help="window of the base model")
     p.add_argument(
         "--targets",
-        choices=("data", "greedy"),
+        choices=TARGETS,
         default=d.targets,
         help="data: the text's next n tokens; greedy: the model's own argmax after each of "
-        "them (self-distillation: what greedy verification accepts)",
+        "them; generated: the model's own continuations of corpus prompts (see "
+        "--gen-temperatures), the text decoding verifies against (self-distillation)",
+    )
+    p.add_argument(
+        "--gen-prompt", type=int, default=d.gen_prompt, help="generated: prompt tokens each"
+    )
+    p.add_argument(
+        "--gen-tokens", type=int, default=d.gen_tokens, help="generated: new tokens each"
+    )
+    p.add_argument(
+        "--gen-temperatures",
+        default=d.gen_temperatures,
+        help="generated: comma list of temperatures the prompts are split among (0 = greedy, "
+        "the default; match the temperature you decode at, e.g. 0,1 for both)",
     )
     p.add_argument("--finetune", action="store_true", help="train the backbone jointly")
     p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
