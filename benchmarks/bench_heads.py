@@ -41,13 +41,17 @@ def specbench_prompts(llm: LLM, count: int, length: int) -> list[list[int]]:
     return [llm.tokenizer.encode(t)[-length:] for t in texts]
 
 
-def run_once(llm: LLM, prompts, method: str, temperature: float, new_tokens: int) -> dict:
+def run_once(
+    llm: LLM, prompts, method: str, temperature: float, new_tokens: int, gamma: int = 4
+) -> dict:
     params = [
         SamplingParams(max_tokens=new_tokens, temperature=temperature, seed=i, ignore_eos=True)
         for i in range(len(prompts))
     ]
     start = time.perf_counter()
-    outs = [llm.generate([p], params[i], method=method)[0] for i, p in enumerate(prompts)]
+    outs = [
+        llm.generate([p], params[i], method=method, gamma=gamma)[0] for i, p in enumerate(prompts)
+    ]
     seconds = time.perf_counter() - start
     s = [o.stats for o in outs]
     return {
@@ -63,16 +67,16 @@ def measure(contenders, prompts, temperature, args) -> list[dict]:
     """Every contender's warm-up, then --runs rounds of one run each, interleaved, so that a
     change in machine load hits all contenders alike."""
 
-    def go(label, llm, ps):
-        return run_once(llm, ps, "ar" if label == "ar" else "heads", temperature, args.new_tokens)
+    def go(c, ps):
+        return run_once(c["llm"], ps, c["method"], temperature, args.new_tokens, c["gamma"])
 
-    for label, _, llm in contenders:
+    for c in contenders:
         for _ in range(args.warmup):
-            go(label, llm, prompts[:2])
+            go(c, prompts[:2])
     runs: list[list[dict]] = [[] for _ in contenders]
     for _ in range(args.runs):
-        for i, (label, _, llm) in enumerate(contenders):
-            runs[i].append(go(label, llm, prompts))
+        for i, c in enumerate(contenders):
+            runs[i].append(go(c, prompts))
     out = []
     for rs in runs:
         total = {k: sum(r[k] for r in rs) for k in ("tokens", "passes", "drafted", "accepted")}
@@ -86,12 +90,18 @@ def measure(contenders, prompts, temperature, args) -> list[dict]:
     return out
 
 
-def heads_label(path: Path) -> tuple[str, float | None]:
+def heads_contenders(path: Path, llm: LLM, trees: list[int]) -> list[dict]:
+    """`heads` (the chain of n - 1 drafts) and `heads-tree` with each node count."""
     cfg = json.loads((path / "heads.json").read_text())
     training = cfg.get("training", {})
-    greedy = ", greedy targets" if training.get("targets") == "greedy" else ""
-    label = f"heads n{cfg['n']} r{cfg['rank']} ({training.get('steps', '?')} steps{greedy})"
-    return label, cfg.get("val_loss")
+    targets = training.get("targets", "data")
+    note = "" if targets == "data" else f", {targets} targets"
+    name = f"n{cfg['n']} r{cfg['rank']} ({training.get('steps', '?')} steps{note})"
+    common = {"llm": llm, "val_loss": cfg.get("val_loss")}
+    return [{"label": f"heads {name}", "method": "heads", "gamma": 4, **common}] + [
+        {"label": f"heads-tree {k} {name}", "method": "heads-tree", "gamma": k, **common}
+        for k in trees
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--tree", default="", help="heads-tree node counts to add per heads dir, e.g. 4,8"
+    )
     p.add_argument("--out", default=str(OUT), help="output path without extension")
     args = p.parse_args(argv)
     heads_dirs = (
@@ -117,10 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("no heads given and none shipped under " + str(BUNDLED))
     model = bundled_model()
     base = LLM(model, dtype=args.dtype, threads=args.threads, max_batch=1)
-    contenders = [("ar", None, base)] + [
-        (*heads_label(h), LLM(model, dtype=args.dtype, threads=args.threads, max_batch=1, heads=h))
-        for h in heads_dirs
-    ]
+    trees = [int(k) for k in args.tree.split(",") if k]
+    contenders = [{"label": "ar", "method": "ar", "gamma": 4, "llm": base, "val_loss": None}]
+    for h in heads_dirs:
+        llm = LLM(model, dtype=args.dtype, threads=args.threads, max_batch=1, heads=h)
+        contenders += heads_contenders(h, llm, trees)
     sets = {}
     for name in args.prompts.split(","):
         if name == "val":
@@ -137,12 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         for temp in (float(t) for t in args.temperatures.split(",")):
             measured = measure(contenders, prompts, temp, args)
             ar_speed = measured[0]["tok_s"]  # contenders[0] is ar
-            for (label, val_loss, _), m in zip(contenders, measured):
+            for c, m in zip(contenders, measured):
                 row = {
                     "prompts": set_name,
                     "temperature": temp,
-                    "contender": label,
-                    "joint_val_loss": val_loss,
+                    "contender": c["label"],
+                    "joint_val_loss": c["val_loss"],
                     **m,
                     "speedup": m["tok_s"] / ar_speed,
                 }
