@@ -96,6 +96,8 @@ def heads_contenders(path: Path, llm: LLM, trees: list[int]) -> list[dict]:
     training = cfg.get("training", {})
     targets = training.get("targets", "data")
     note = "" if targets == "data" else f", {targets} targets"
+    if targets == "generated":
+        note = f", generated T={training.get('gen_temperatures', '0')}"
     name = f"n{cfg['n']} r{cfg['rank']} ({training.get('steps', '?')} steps{note})"
     common = {"llm": llm, "val_loss": cfg.get("val_loss")}
     return [{"label": f"heads {name}", "method": "heads", "gamma": 4, **common}] + [

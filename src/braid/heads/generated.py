@@ -32,9 +32,10 @@ def continue_text(
     sampled = temperature > 0
     config = GenerationConfig(
         do_sample=sampled,
-        temperature=temperature if sampled else None,
-        top_k=0 if sampled else None,
-        top_p=1.0 if sampled else None,
+        # neutral values rather than unset ones, which the model's own defaults would fill in
+        temperature=temperature if sampled else 1.0,
+        top_k=0,
+        top_p=1.0,
         max_new_tokens=new_tokens,
         min_new_tokens=0,
         eos_token_id=None,  # keep going past end-of-sequence, as decoding with ignore_eos

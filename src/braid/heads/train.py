@@ -24,7 +24,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +60,12 @@ class HeadsTrainConfig:
     val_tokens: int = 16_384
     context: int = 512
     # data: the text's next tokens; greedy: the model's argmax after each text token;
-    # generated: the model's own continuations of corpus prompts (braid.heads.generated)
-    targets: str = "data"
+    # generated: the model's own continuations of corpus prompts (braid.heads.generated);
+    # None: generated, or data with finetune (the targets of a moving model would go stale)
+    targets: str | None = None
     gen_prompt: int = 64  # generated: prompt tokens per continuation
     gen_tokens: int = 192  # generated: new tokens per continuation
-    gen_temperatures: str = "0"  # generated: comma list, prompts split among them (0 = greedy)
+    gen_temperatures: str = "0,1"  # generated: prompts split among these (0 = greedy)
     finetune: bool = False
     finetune_lr: float = 1e-4
     seed: int = 0
@@ -290,6 +291,8 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
     from braid.llm import bundled_model
     from braid.model.loader import resolve_model_dir
 
+    if cfg.targets is None:
+        cfg = replace(cfg, targets="data" if cfg.finetune else "generated")
     check_config(cfg)
     log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     if cfg.threads > 0:
@@ -403,7 +406,9 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
         "command": command,
         "initial_val_loss": round(initial, 4),
         "val_positions": int(val_h.shape[0]),
-        "train_positions": int(len(tr_starts) * context),
+        "train_positions": int(
+            train_h.shape[0] if train_h is not None else len(tr_starts) * context
+        ),
         "steps": cfg.steps,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
@@ -426,9 +431,9 @@ def check_config(cfg: HeadsTrainConfig) -> None:
         raise ValueError(f"--n must be in [2, {MAX_N}], got {cfg.n}")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.train_tokens < 1 or cfg.val_tokens < 1:
         raise ValueError("--steps, --batch-size, --train-tokens and --val-tokens must be >= 1")
-    if cfg.targets not in TARGETS:
+    if cfg.targets is not None and cfg.targets not in TARGETS:
         raise ValueError(f"--targets must be one of {', '.join(TARGETS)}, got {cfg.targets!r}")
-    if cfg.targets != "data" and cfg.finetune:
+    if cfg.targets not in (None, "data") and cfg.finetune:
         raise ValueError(f"--targets {cfg.targets} needs a frozen model (the targets come from it)")
     parse_temperatures(cfg.gen_temperatures)
     if cfg.gen_prompt < 1 or cfg.gen_tokens <= cfg.n:
@@ -491,9 +496,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--targets",
         choices=TARGETS,
         default=d.targets,
-        help="data: the text's next n tokens; greedy: the model's own argmax after each of "
-        "them; generated: the model's own continuations of corpus prompts (see "
-        "--gen-temperatures), the text decoding verifies against (self-distillation)",
+        help="generated (default; data with --finetune): the model's own continuations of "
+        "corpus prompts (see --gen-temperatures), the text decoding verifies against "
+        "(self-distillation); data: the corpus text's next n tokens; greedy: the model's own "
+        "argmax after each text token",
     )
     p.add_argument(
         "--gen-prompt", type=int, default=d.gen_prompt, help="generated: prompt tokens each"
@@ -504,8 +510,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--gen-temperatures",
         default=d.gen_temperatures,
-        help="generated: comma list of temperatures the prompts are split among (0 = greedy, "
-        "the default; match the temperature you decode at, e.g. 0,1 for both)",
+        help="generated: comma list of temperatures the prompts are split among (0 = greedy; "
+        "default 0,1: half greedy, half sampled; 0 alone is best for greedy decoding only)",
     )
     p.add_argument("--finetune", action="store_true", help="train the backbone jointly")
     p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
