@@ -1,16 +1,19 @@
-"""`heads-tree`: the heads draft a token tree, the target verifies every node in one pass.
+"""`heads-tree`: for greedy requests the heads draft a token tree, verified in one pass.
 
 Draft: the heads' tree template (`braid.heads.tree`, fitted at training time) names each node
 by the ranks of its tokens; from the hidden state that drew x_{t+1}, a node's children are the
 top candidates of the mixture marginal conditioned on x_{t+1} and the node's own path.
 
 Verify: the pending token and every node go in one target pass, each node in a cache branch
-off its parent (the token graph, as `mtad-tree`). Then a walk from the root draws each next
-token from the target's processed distribution at the current node (argmax at temperature 0)
-and descends while the draw is one of the node's children. Every emitted token is a draw from
-the target given the tokens before it, so the output distribution is exactly `ar`'s at every
-temperature; a fixed candidate set is accepted with the target probability of its members.
-The cache keeps the walked path, and the state of its last node feeds the next draft.
+off its parent (the token graph, as `mtad-tree`). Then a walk from the root takes the target's
+argmax at the current node and descends while it is one of the node's children, so the output
+is `ar`'s token for token. The cache keeps the walked path, and the state of its last node
+feeds the next draft.
+
+Sampled requests draft the `heads` chain and verify it token-level (exact). A fixed candidate
+set would be kept only with the target mass it covers; the token-level rule keeps a drafted
+token with probability Σ min(p, q), which measured far better at temperature 1 (1.57 against
+1.24 tokens per pass with the bundled heads).
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ from braid.cache import ROOT
 from braid.heads.draft import condition
 from braid.heads.module import CPHeads
 from braid.heads.tree import Path, check_template, default_template, draft_tree
-from braid.methods.heads import _draft_unembed
+from braid.methods.heads import HeadsSpeculative, _draft_unembed
 from braid.model.batch import Append
-from braid.sampling import process_logits, sample
 
 if TYPE_CHECKING:
     from braid.engine.engine import Engine
@@ -49,9 +51,11 @@ class HeadsTree:
             fitted += extra[: nodes - len(fitted)]
         self.template: list[Path] = fitted[:nodes]
         self.hidden: dict[int, torch.Tensor] = {}  # request id -> state that drew its last token
+        self.chain = HeadsSpeculative(heads, rule="heads")  # sampled requests
 
     def release(self, request: Request) -> None:
         self.hidden.pop(request.id, None)
+        self.chain.release(request)
 
     def _template(self, engine: Engine, r: Request) -> list[Path]:
         """The template cut to what the request may emit and its cache may hold."""
@@ -89,6 +93,14 @@ class HeadsTree:
         return trees
 
     def step(self, engine: Engine, requests: list[Request]) -> None:
+        sampled = [r for r in requests if not r.params.greedy]
+        if sampled:
+            self.chain.step(engine, sampled)
+        greedy = [r for r in requests if r.params.greedy]
+        if greedy:
+            self._step_tree(engine, greedy)
+
+    def _step_tree(self, engine: Engine, requests: list[Request]) -> None:
         templates = {r.id: self._template(engine, r) for r in requests}
         trees = self._draft(engine, requests, templates)
 
@@ -112,7 +124,7 @@ class HeadsTree:
         for r in requests:
             tokens, parents = trees[r.id]
             k = len(tokens)
-            walked, nxt = self._walk(r, tokens, parents, logits[offset : offset + k + 1])
+            walked, nxt = self._walk(tokens, parents, logits[offset : offset + k + 1])
             self.hidden[r.id] = hidden[offset + (walked[-1] + 1 if walked else 0)]
             r.accept_verified([tokens[i] for i in walked], nxt, proposed=k)
             if k:
@@ -121,27 +133,18 @@ class HeadsTree:
             offset += k + 1
 
     @staticmethod
-    def _walk(r: Request, tokens: list[int], parents: list[int], logits: torch.Tensor):
-        """Node indices walked from the root and the token drawn after the last of them.
+    def _walk(tokens: list[int], parents: list[int], logits: torch.Tensor):
+        """Node indices walked from the root and the target's argmax after the last of them.
 
         logits[0] follows the pending token, logits[1 + i] follows node i."""
-        children: dict[tuple[int, int], int] = {
-            (par, tok): i for i, (par, tok) in enumerate(zip(parents, tokens))
-        }
-        greedy = r.params.greedy
-        if greedy:
-            best = logits.argmax(-1).tolist()
-        else:
-            probs = process_logits(logits, [r.params] * len(logits))
+        children = {(par, tok): i for i, (par, tok) in enumerate(zip(parents, tokens))}
+        best = logits.argmax(-1).tolist()
         walked: list[int] = []
         node = -1
-        while True:
-            x = best[node + 1] if greedy else sample(probs[node + 1], r.generator)
-            child = children.get((node, x))
-            if child is None:
-                return walked, x
+        while (child := children.get((node, best[node + 1]))) is not None:
             walked.append(child)
             node = child
+        return walked, best[node + 1]
 
 
 def _depths(parents: list[int]) -> list[int]:
