@@ -66,3 +66,19 @@ def test_models_command_lists_every_bundled_model_with_its_card():
     assert cards["target"]["val_ppl"] > 1 and cards["draft"]["val_ppl"] > 1
     assert cards["multiverse"]["evaluation"]["quality"]["multiverse"]["validity"] > 0.9
     assert cards["target"]["parameters"] > 5 * cards["draft"]["parameters"]
+
+
+@pytest.mark.parametrize("method", ["heads", "heads-tree"])
+def test_shipped_heads_load_by_default_and_keep_greedy_output(method):
+    """The default heads of the bundled target (n4-r1, with a fitted tree): greedy output is
+    `ar`'s (fp32, where a k-token pass and k one-token passes agree) and drafts get accepted."""
+    from braid.heads.tree import check_template
+    from braid.llm import BUNDLED_HEADS
+
+    llm = LLM(dtype="fp32")
+    params = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
+    out = llm.generate(PROMPT, params, method=method)[0]
+    assert out.token_ids == llm.generate(PROMPT, params)[0].token_ids
+    assert out.stats.accepted_tokens > 0 and out.stats.passes < 48
+    config = json.loads((BUNDLED_HEADS / "heads.json").read_text())
+    assert len(check_template(config["tree"])) == len(config["tree_tokens"]) == 32

@@ -18,7 +18,7 @@ from braid.model.transformer import Transformer
 from braid.sampling import SamplingParams
 
 ASSETS = Path(__file__).parent / "assets" / "models"
-BUNDLED_HEADS = ASSETS.parent / "heads" / "n4-r8"  # the bundled target's default CP heads
+BUNDLED_HEADS = ASSETS.parent / "heads" / "n4-r1"  # the bundled target's default CP heads
 
 
 def bundled_model(name: str = "target") -> Path:
