@@ -208,8 +208,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     groups = sorted({(r["prompts"], r["temperature"]) for r in rows})
     names = [c for c in dict.fromkeys(r["contender"] for r in rows) if c != "ar"]
-    fig, ax = plt.subplots(figsize=(2 + 1.5 * len(groups), 3.5))
+    fig, ax = plt.subplots(figsize=(2 + 2 * len(groups), 4))
     width = 0.8 / max(1, len(names))
+    colors = plt.get_cmap("tab20" if len(names) > 10 else "tab10").colors
     for j, name in enumerate(names):
         values = [
             next(
@@ -222,14 +223,14 @@ def plot(rows: list[dict], path: Path) -> None:
             )
             for g in groups
         ]
-        ax.bar([i + j * width for i in range(len(groups))], values, width, label=name)
+        x = [i + j * width for i in range(len(groups))]
+        ax.bar(x, values, width, label=name, color=colors[j % len(colors)])
     ax.axhline(1.0, color="gray", lw=1, ls="--")
     ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(groups))])
     ax.set_xticklabels([f"{p}, T={t:g}" for p, t in groups])
     ax.set_ylabel("tokens/s × ar")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
 if __name__ == "__main__":
