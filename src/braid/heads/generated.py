@@ -34,7 +34,7 @@ def continue_text(
         do_sample=sampled,
         # neutral values rather than unset ones, which the model's own defaults would fill in
         temperature=temperature if sampled else 1.0,
-        top_k=0,
+        top_k=0 if sampled else None,
         top_p=1.0,
         max_new_tokens=new_tokens,
         min_new_tokens=0,
