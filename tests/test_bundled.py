@@ -82,3 +82,6 @@ def test_shipped_heads_load_by_default_and_keep_greedy_output(method):
     assert out.stats.accepted_tokens > 0 and out.stats.passes < 48
     config = json.loads((BUNDLED_HEADS / "heads.json").read_text())
     assert len(check_template(config["tree"])) == len(config["tree_tokens"]) == 32
+    # named by its path (as `braid bench --config bundled` does), the target has them too
+    by_path = LLM(bundled_model("target"), dtype="fp32").generate(PROMPT, params, method=method)
+    assert by_path[0].token_ids == out.token_ids

@@ -74,7 +74,8 @@ class LLM:
         self._draft: Transformer | None = None
         # heads given explicitly are checked now; the bundled default loads on first use
         self._heads = None if heads is None else self._load_heads(heads)
-        self._default_heads = model is None and (BUNDLED_HEADS / "heads.json").exists()
+        is_target = Path(self.model_dir).resolve() == bundled_model().resolve()
+        self._default_heads = is_target and (BUNDLED_HEADS / "heads.json").exists()
 
     def draft_model(self) -> Transformer:
         if self._draft is None:

@@ -59,6 +59,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help=f"random-weight config: {', '.join(CONFIGS)}, or 'bundled' (repeatable)",
     )
     p.add_argument("--draft", help="draft model for the draft methods (default: bundled draft)")
+    p.add_argument(
+        "--heads", help="CP heads for the heads methods (default: the bundled target's own)"
+    )
     p.add_argument("--batch", type=_int_list, default=[1, 8], help="batch sizes, e.g. 1,8")
     p.add_argument(
         "--prompts",
@@ -187,6 +190,7 @@ def _bench(args) -> int:
         dtype=args.dtype,
         threads=args.threads,
         draft=Path(args.draft) if args.draft else None,
+        heads=Path(args.heads) if args.heads else None,
         quality=(
             runner.Quality(args.quality_prompts, args.quality_seeds, args.quality_tokens)
             if args.quality

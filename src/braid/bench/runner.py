@@ -181,10 +181,13 @@ def bench_model(
     temperature: float = 0.0,
     quality: Quality | None = None,
     meter: EnergyMeter | None = None,
+    heads: Path | None = None,
 ) -> list[Row]:
     # the thread count `run` chose (LLM would otherwise take all cores)
     threads = torch.get_num_threads()
-    llm = LLM(model_dir, dtype=dtype, max_batch=max(batches), draft=draft, threads=threads)
+    llm = LLM(
+        model_dir, dtype=dtype, max_batch=max(batches), draft=draft, heads=heads, threads=threads
+    )
     ref = None
     if peer != "none":
         assistant = None
@@ -350,6 +353,7 @@ def run(
     texts: Texts | None = None,
     temperature: float = 0.0,
     quality: Quality | None = None,
+    heads: Path | None = None,
 ) -> dict:
     """Benchmark every model; returns {"machine", "bandwidth", "settings", "rows"}.
 
@@ -393,6 +397,7 @@ def run(
                 temperature,
                 quality,
                 meter,
+                heads=heads,
             )
     finally:
         if progress is not None:
