@@ -51,7 +51,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="drafted tokens per target pass, or 'auto' (spec, block, mtad and mtad-tree adapt "
         "it per request; the peer runs transformers' 'heuristic' schedule)",
     )
-    p.add_argument("--model", action="append", default=[], help="model directory (repeatable)")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="model directory (repeatable; default: the bundled target when no --config)",
+    )
     p.add_argument(
         "--config",
         action="append",
@@ -156,8 +161,8 @@ def _bench(args) -> int:
             models.append((name, random_checkpoint(name, Path(args.cache_dir) / name)))
         else:
             raise BraidError(f"unknown --config {name!r}; choose {', '.join(CONFIGS)} or bundled")
-    if not models:
-        raise BraidError("nothing to benchmark: give --model DIR or --config NAME")
+    if not models:  # like `braid generate`: the bundled default model
+        models.append(("bundled-target", bundled_model("target")))
     texts = None
     if args.prompts == "specbench":
         texts = prompts.specbench(args.specbench, args.prompt_count)
