@@ -248,3 +248,16 @@ def test_bench_cli_validation_prompts_quality_and_plot(tmp_path):
     assert out.with_suffix(".png").exists() and "ppl (target)" in out.read_text()
     bad = subprocess.run(args[:-3] + ["--plot"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--plot needs --out" in bad.stderr
+
+
+def test_bench_defaults_to_the_bundled_target_and_runs_its_heads(capsys):
+    """No --model or --config: the bundled target, with its shipped heads for the heads
+    methods (tokens per pass above 1 shows the heads drafted and were kept)."""
+    from braid.cli import main
+
+    args = ["bench", "--methods", "ar,heads-tree", "--peer", "none", "--batch", "1"]
+    args += ["--prompts", "val", "--prompt-count", "1", "--new-tokens", "24", "--runs", "1"]
+    assert main([*args, "--warmup", "0", "--dtype", "fp32"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "bundled-target" in line]
+    assert [r.split("|")[4].strip() for r in rows] == ["ar", "heads-tree"]
+    assert float(rows[1].split("|")[8]) > 1.0
