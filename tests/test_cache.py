@@ -131,6 +131,16 @@ def test_a_forked_segment_grows_only_before_its_branches(model, llama_dir):
         g.append(torch.tensor([2, 2]), torch.tensor([c, 0]))
 
 
+def test_a_refused_join_leaves_the_graph_as_it_was(model):
+    g = model.new_pool(1).new_graph()
+    run(model, [Append(g, PREFIX[:3], range(3))])
+    with pytest.raises(ValueError, match="segment 7 does not exist"):
+        g.join([0, 7])
+    assert g.num_segments == 1 and not g.sealed
+    run(model, [Append(g, PREFIX[3:5], [3, 4])])  # the trunk still grows
+    assert g.length == 5
+
+
 def test_random_operations_free_every_slot_exactly_once(model):
     rng = random.Random(0)
     pool: KVPool = model.new_pool(4)

@@ -136,9 +136,10 @@ class TokenGraph:
             grown = torch.zeros((2 * s, 2 * s), dtype=torch.bool)
             grown[:s, :s] = self.sees[:s, :s]
             self.sees = grown
+        missing = [p for p in parents if not 0 <= p < s]
+        if missing:  # checked before anything changes: a refused join leaves the graph as it was
+            raise ValueError(f"segment {missing[0]} does not exist")
         for p in parents:
-            if not 0 <= p < s:
-                raise ValueError(f"segment {p} does not exist")
             self.sees[s] |= self.sees[p]
             self.sees[s, p] = True
             self.sealed.add(p)

@@ -125,6 +125,11 @@ def test_mismatched_heads_are_refused(llama_dir, tmp_path):
     (tmp_path / "hid" / "heads.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="not a valid heads config"):
         load_heads(tmp_path / "hid")
+    config = json.loads((tmp_path / "voc" / "heads.json").read_text())
+    for tree in ([[0, 0]], [[0], "x"], [[0], [0]]):  # orphan node, not a path, repeated node
+        (tmp_path / "voc" / "heads.json").write_text(json.dumps({**config, "tree": tree}))
+        with pytest.raises(ModelLoadError, match="not a valid heads config"):
+            load_heads(tmp_path / "voc")
 
 
 def test_heads_for_another_architecture_size_work(tmp_path):
@@ -176,6 +181,15 @@ def test_generated_sequences_are_the_models_greedy_continuations(llama_dir):
     with torch.no_grad():
         best = ref(seqs).logits.argmax(-1)
     assert torch.equal(best[:, 4:-1], seqs[:, 5:])
+
+    # decoding with ignore_eos goes past end-of-sequence, so the continuations must too: make
+    # the first generated token of row 0 the model's end token and generate again
+    saved = ref.generation_config.eos_token_id
+    ref.generation_config.eos_token_id = int(seqs[0, 5])
+    again = continue_text(ref, prompts, 9, batch=2)
+    assert torch.equal(again, seqs)
+    assert ref.generation_config.eos_token_id == int(seqs[0, 5])  # restored afterwards
+    ref.generation_config.eos_token_id = saved
 
     n = 3
     hidden = torch.zeros(3, 14, 4)

@@ -43,12 +43,20 @@ def continue_text(
     )
     torch.manual_seed(seed)
     out = []
-    for i in range(0, len(prompts), batch):
-        rows = prompts[i : i + batch].to(device)
-        ids = model.generate(rows, attention_mask=torch.ones_like(rows), generation_config=config)
-        out.append(ids.cpu())
-        if bar is not None:
-            bar.update(len(rows))
+    # `eos_token_id=None` above means "unset": generate would take the model's own and stop
+    # there (padding the rest), so the model's default is cleared for the call
+    defaults = model.generation_config
+    saved = defaults.eos_token_id
+    defaults.eos_token_id = None
+    try:
+        for i in range(0, len(prompts), batch):
+            rows = prompts[i : i + batch].to(device)
+            mask = torch.ones_like(rows)
+            out.append(model.generate(rows, attention_mask=mask, generation_config=config).cpu())
+            if bar is not None:
+                bar.update(len(rows))
+    finally:
+        defaults.eos_token_id = saved
     return torch.cat(out)
 
 

@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from braid.errors import ModelLoadError
 from braid.heads.module import CPHeads, HeadsConfig
+from braid.heads.tree import check_template
 
 WEIGHTS, CONFIG = "heads.safetensors", "heads.json"
 BUNDLED = Path(__file__).resolve().parents[1] / "assets" / "heads"
@@ -38,6 +39,7 @@ def load_heads(
         )
     try:
         config = HeadsConfig(**json.loads((path / CONFIG).read_text()))
+        check_template(config.tree)
     except (json.JSONDecodeError, TypeError, ValueError) as e:
         raise ModelLoadError(f"{path / CONFIG}: not a valid heads config ({e})") from None
     for what, theirs, ours in (

@@ -211,10 +211,11 @@ def generated_set(
     tag: str,
     log,
     quiet: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(hidden [N, d], targets [N, n]) of the model's own continuations of corpus windows:
-    tokens // (gen_prompt + gen_tokens) prompts of gen_prompt tokens, split evenly among the
-    temperatures of cfg.gen_temperatures (see braid.heads.generated)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(hidden [N, d], targets [N, n], greedy [N] bool) of the model's own continuations of
+    corpus windows: tokens // (gen_prompt + gen_tokens) prompts of gen_prompt tokens, split
+    evenly among the temperatures of cfg.gen_temperatures (see braid.heads.generated);
+    `greedy` marks the rows of greedy continuations."""
     from tqdm.auto import tqdm
 
     p, g = cfg.gen_prompt, cfg.gen_tokens
@@ -222,7 +223,7 @@ def generated_set(
     count = max(len(temps), tokens // (p + g))
     starts = window_starts(len(ids), count * p, p, seed)
     prompts = torch.from_numpy(np.stack([ids[s : s + p] for s in starts]).astype(np.int64))
-    hidden, targets = [], []
+    hidden, targets, greedy = [], [], []
     for i, temp in enumerate(temps):
         part = prompts[i :: len(temps)]
 
@@ -234,13 +235,13 @@ def generated_set(
             return {"ids": seqs, "hidden": window_hidden(model, seqs)}
 
         payload = part.numpy().tobytes()
-        data = _cached(
-            model_dir, f"generated|{tag}|{p}|{g}|{temp}|{seed + i}", payload, compute, log
-        )
+        what = f"generated-past-eos|{tag}|{p}|{g}|{temp}|{seed + i}"
+        data = _cached(model_dir, what, payload, compute, log)
         rows, t = generated_rows(data["hidden"], data["ids"], p, cfg.n)
         hidden.append(data["hidden"].flatten(0, 1)[rows])
         targets.append(t)
-    return torch.cat(hidden), torch.cat(targets)
+        greedy.append(torch.full((len(rows),), temp == 0))
+    return torch.cat(hidden), torch.cat(targets), torch.cat(greedy)
 
 
 def parse_temperatures(text: str) -> list[float]:
@@ -316,8 +317,14 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
     context = min(cfg.context, mc.max_position_embeddings)
     tr_starts = window_starts(len(train_ids), cfg.train_tokens, context, cfg.seed)
     va_starts = window_starts(len(val_ids), cfg.val_tokens, context, cfg.seed + 1)
+    if cfg.targets == "generated" and cfg.gen_prompt + cfg.gen_tokens > mc.max_position_embeddings:
+        raise ValueError(
+            f"--gen-prompt + --gen-tokens = {cfg.gen_prompt + cfg.gen_tokens} is more than the "
+            f"model's context ({mc.max_position_embeddings})"
+        )
+    val_greedy = None  # rows the draft tree is fitted on (heads-tree drafts for greedy requests)
     if cfg.targets == "generated":
-        val_h, val_t = generated_set(
+        val_h, val_t, val_greedy = generated_set(
             model, model_dir, val_ids, cfg.val_tokens, cfg, cfg.seed + 1, "val", log, quiet
         )
     else:
@@ -348,7 +355,7 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
         params.append({"params": body, "lr": cfg.finetune_lr, "peak": cfg.finetune_lr})
         train_h = train_t = None
     elif cfg.targets == "generated":
-        train_h, train_t = generated_set(
+        train_h, train_t, _ = generated_set(
             model, model_dir, train_ids, cfg.train_tokens, cfg, cfg.seed, "train", log, quiet
         )
     else:
@@ -395,7 +402,8 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
     heads.eval()
     val = evaluate(heads, val_h.to(device), val_t.to(device), unembed)
     log(f"joint validation NLL {val:.4f} nats/position (initial {initial:.4f})")
-    ranks = true_ranks(heads, val_h.to(device), val_t.to(device), unembed).cpu()
+    fit = val_greedy if val_greedy is not None and bool(val_greedy.any()) else slice(None)
+    ranks = true_ranks(heads, val_h[fit].to(device), val_t[fit].to(device), unembed).cpu()
     hc.tree = [list(p) for p in fit_template(ranks, TREE_NODES)]
     hc.tree_tokens = [
         round(expected_tokens(ranks, hc.tree[:k]), 3) for k in range(1, len(hc.tree) + 1)
