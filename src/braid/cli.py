@@ -65,8 +65,9 @@ def _add_generate(sub) -> None:
         "token-level / block verification keeps them (exact); mtad / mtad-tree: the draft "
         "beam-samples, a joint-ratio test against --tau keeps a prefix (lossy; equal to ar "
         "at temperature 0); heads / heads-block: CP heads on the model's own hidden state draft "
-        "n - 1 tokens (exact); heads-tree: the heads draft a tree of --gamma candidate tokens, "
-        "verified in one pass (exact); multiverse: a Multiverse model forks its own parallel "
+        "n - 1 tokens (exact); heads-tree: for greedy requests the heads draft a tree of "
+        "--gamma candidate tokens, verified in one pass (sampled ones run heads); "
+        "multiverse: a Multiverse model forks its own parallel "
         "paths and the engine decodes them side by side",
     )
     p.add_argument("--draft", help="draft model directory (default: the bundled draft)")

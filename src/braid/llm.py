@@ -41,8 +41,9 @@ class LLM:
     max_batch: how many requests run at once (continuous batching admits the rest as they leave).
     draft: the draft model directory for `spec` / `block` (default: the bundled draft), loaded
     on first use; it must share the target's tokenizer on every id both have.
-    heads: CP heads directory for `heads` / `heads-block` (`braid train-heads`); default: the
-    bundled heads when the model is the bundled target. Loaded and checked here.
+    heads: CP heads directory for `heads` / `heads-block` / `heads-tree` (`braid
+    train-heads`); default: the bundled heads when the model is the bundled target. Loaded and
+    checked here.
     """
 
     def __init__(
@@ -144,8 +145,9 @@ class LLM:
         draft beam-samples (`beams` beams) and the target keeps the longest draft prefix whose
         joint probability ratio exceeds `tau` (lossy by design; equal to "ar" at temperature 0).
         "heads" / "heads-block": CP heads (`heads=DIR`) draft n - 1 tokens from the target's
-        own hidden state, verified token-level / block (exact); "heads-tree": the heads draft a
-        tree of `gamma` candidates (their fitted template), verified in one pass (exact).
+        own hidden state, verified token-level / block (exact); "heads-tree": for greedy requests
+        the heads draft a tree of `gamma` candidates (their fitted template), verified in one
+        pass; sampled requests run "heads".
         gamma: drafted tokens per target pass (heads-tree: tree nodes); "auto" (spec, block,
         mtad, mtad-tree) adapts it per request from its acceptance (+2 after a fully accepted
         draft, -1 after a rejection, 1..8).
