@@ -75,7 +75,7 @@ class LLM:
         self._draft: Transformer | None = None
         # heads given explicitly are checked now; the bundled default loads on first use
         self._heads = None if heads is None else self._load_heads(heads)
-        is_target = Path(self.model_dir).resolve() == bundled_model().resolve()
+        is_target = Path(self.model_dir).resolve() == (ASSETS / "target").resolve()
         self._default_heads = is_target and (BUNDLED_HEADS / "heads.json").exists()
 
     def draft_model(self) -> Transformer:
