@@ -38,6 +38,23 @@ def _draft_unembed(engine: Engine):
     return lambda x: head.fast(x.to(head.dtype))
 
 
+def posteriors(heads: CPHeads, hidden: torch.Tensor, unembed, stop: int, drawn: list[int]):
+    """Per state, (log posterior over experts after the drawn token x_{t+1} [r], P_α^(s) for
+    s = 2..stop [stop - 1, r, V]): what every draft of positions 2.. starts from."""
+    c = heads.config
+    log_w = heads.log_weights(hidden)
+    # position 1 only matters to condition a mixture on the token the target drew
+    first = c.rank > 1 and not c.base_first
+    probs = heads.factor_log_probs(hidden, unembed, stop, skip_first=not first, log=False)
+    out = []
+    for i, token in enumerate(drawn):
+        post = log_w[i] - torch.logsumexp(log_w[i], 0)
+        if first:
+            post = condition(post, probs[i, 0], token)
+        out.append((post, probs[i, 1:] if first else probs[i]))
+    return out
+
+
 class HeadsSpeculative:
     def __init__(self, heads: CPHeads, rule: str = "heads"):
         self.name = rule
@@ -70,17 +87,9 @@ class HeadsSpeculative:
             for r, picks in zip(active, logits[:, :, 0].argmax(-1).tolist()):
                 drafts[r.id][0].extend(picks[: budgets[r.id]])
             return drafts
-        log_w = self.heads.log_weights(hidden)
-        # position 1 only matters to condition a mixture on the token the target sampled
-        first = c.rank > 1 and not c.base_first
-        probs = self.heads.factor_log_probs(
-            hidden, _draft_unembed(engine), stop, skip_first=not first, log=False
-        )
-        for i, r in enumerate(active):
-            post = log_w[i] - torch.logsumexp(log_w[i], 0)
-            rows = probs[i, 1:] if first else probs[i]  # rows[j]: position j + 2
-            if first:
-                post = condition(post, probs[i, 0], r.all_ids[-1])
+        drawn = [r.all_ids[-1] for r in active]
+        states = posteriors(self.heads, hidden, _draft_unembed(engine), stop, drawn)
+        for r, (post, rows) in zip(active, states):
             tokens, qs = drafts[r.id]
             for j in range(budgets[r.id]):
                 q = marginal(post, rows[j])

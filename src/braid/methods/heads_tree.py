@@ -22,12 +22,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from braid.cache import ROOT
-from braid.heads.draft import condition
 from braid.heads.module import CPHeads
 from braid.heads.tree import Path, check_template, default_template, draft_tree
-from braid.methods.heads import HeadsSpeculative, _draft_unembed
-from braid.model.batch import Append
+from braid.methods.heads import HeadsSpeculative, _draft_unembed, posteriors
+from braid.model.batch import tree_append
 
 if TYPE_CHECKING:
     from braid.engine.engine import Engine
@@ -81,14 +79,8 @@ class HeadsTree:
             for i, r in enumerate(active):
                 trees[r.id] = draft_tree(templates[r.id], scores[i])
             return trees
-        log_w = self.heads.log_weights(hidden)
-        first = not c.base_first  # condition on the drawn token through position 1's factor
-        probs = self.heads.factor_log_probs(hidden, unembed, stop, skip_first=not first, log=False)
-        for i, r in enumerate(active):
-            post = log_w[i] - torch.logsumexp(log_w[i], 0)
-            if first:
-                post = condition(post, probs[i, 0], r.all_ids[-1])
-            rows = probs[i, 1:] if first else probs[i]
+        states = posteriors(self.heads, hidden, unembed, stop, [r.all_ids[-1] for r in active])
+        for r, (post, rows) in zip(active, states):
             trees[r.id] = draft_tree(templates[r.id], rows, post)
         return trees
 
@@ -106,16 +98,10 @@ class HeadsTree:
 
         appends, rows, n, base = [], [], 0, {}
         for r in requests:
-            g = r.graph
             tokens, parents = trees[r.id]
-            pending = r.all_ids[g.length :]
+            pending = r.all_ids[r.graph.length :]
             base[r.id] = r.num_tokens
-            segs: list[int] = []
-            for par in parents:  # each node branches off its parent's segment
-                segs.append(g.fork(segs[par] if par >= 0 else ROOT, 1)[0])
-            depth = _depths(parents)
-            pos = list(range(g.length, base[r.id])) + [base[r.id] + d - 1 for d in depth]
-            appends.append(Append(g, pending + tokens, pos, [ROOT] * len(pending) + segs))
+            appends.append(tree_append(r.graph, pending, tokens, parents))
             rows.extend(range(n + len(pending) - 1, n + len(pending) + len(tokens)))
             n += len(pending) + len(tokens)
         logits, hidden, _ = engine.forward(appends, torch.tensor(rows), return_hidden=True)
@@ -145,10 +131,3 @@ class HeadsTree:
             walked.append(child)
             node = child
         return walked, best[node + 1]
-
-
-def _depths(parents: list[int]) -> list[int]:
-    out: list[int] = []
-    for par in parents:
-        out.append(1 if par < 0 else out[par] + 1)
-    return out

@@ -28,7 +28,7 @@ import torch
 from braid.cache import ROOT
 from braid.methods.acceptance import AUTO_START, joint_threshold, next_gamma
 from braid.methods.draft import Drafter
-from braid.model.batch import Append, build_batch
+from braid.model.batch import Append, build_batch, tree_append
 from braid.model.transformer import Transformer
 from braid.sampling import process_logits, sample
 
@@ -290,18 +290,13 @@ class Mtad:
     def _verify_tree(self, engine, requests, drafts) -> dict[int, list[int]]:
         appends, rows, n, base = [], [], 0, {}
         for r in requests:
-            g, ns = r.graph, drafts[r.id].nodes
-            pending = r.all_ids[g.length :]
+            ns = drafts[r.id].nodes
+            pending = r.all_ids[r.graph.length :]
             base[r.id] = r.num_tokens
-            # pending tokens on the trunk, then each tree node branches off its parent's segment
-            segs: list[int] = []
-            for node in ns:
-                segs.append(g.fork(segs[node.parent] if node.parent >= 0 else ROOT, 1)[0])
-            ids = pending + [node.token for node in ns]
-            pos = list(range(g.length, base[r.id])) + [base[r.id] + nd.depth - 1 for nd in ns]
-            appends.append(Append(g, ids, pos, [ROOT] * len(pending) + segs))
-            rows.extend(range(n + len(pending) - 1, n + len(ids)))
-            n += len(ids)
+            tree = [nd.token for nd in ns]
+            appends.append(tree_append(r.graph, pending, tree, [nd.parent for nd in ns]))
+            rows.extend(range(n + len(pending) - 1, n + len(pending) + len(ns)))
+            n += len(pending) + len(ns)
         logits, _, _ = engine.forward(appends, torch.tensor(rows))
         kept, offset = {}, 0
         for r in requests:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from braid.cache import KVPool, TokenGraph
+from braid.cache import ROOT, KVPool, TokenGraph
 
 
 @dataclass
@@ -22,6 +22,22 @@ class Append:
     token_ids: Sequence[int] | torch.Tensor
     positions: Sequence[int] | torch.Tensor
     segments: Sequence[int] | torch.Tensor | int = 0
+
+
+def tree_append(
+    graph: TokenGraph, pending: Sequence[int], tokens: Sequence[int], parents: Sequence[int]
+) -> Append:
+    """Pending tokens on the trunk, then a draft tree: node i (`tokens[i]`) in a new segment
+    forked off its parent's (`parents[i]`, -1 for the trunk; parents come first), at the
+    position after its parent. A request's cache holds the whole tree for one verify pass."""
+    base = graph.length + len(pending)
+    segs: list[int] = []
+    depth: list[int] = []
+    for par in parents:
+        segs.append(graph.fork(segs[par] if par >= 0 else ROOT, 1)[0])
+        depth.append(1 if par < 0 else depth[par] + 1)
+    positions = list(range(graph.length, base)) + [base + d - 1 for d in depth]
+    return Append(graph, [*pending, *tokens], positions, [ROOT] * len(pending) + segs)
 
 
 @dataclass
