@@ -44,7 +44,8 @@ def hf_config(arch: str, **overrides):
     if arch == "qwen2":
         return tf.Qwen2Config(**kw, tie_word_embeddings=True)
     if arch == "qwen3":
-        return tf.Qwen3Config(**kw, head_dim=32)
+        kw.setdefault("head_dim", 32)
+        return tf.Qwen3Config(**kw)
     raise ValueError(arch)
 
 

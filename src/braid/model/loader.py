@@ -25,13 +25,36 @@ DTYPES = {
 }
 
 
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model directory, or a Hugging Face cache entry (`models--org--name`) -> its snapshot."""
+def gguf_file(path: Path) -> Path | None:
+    """The GGUF file `path` names: itself, or the one `.gguf` in a directory without config.json."""
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").exists():
+        found = sorted(path.glob("*.gguf"))
+        if len(found) > 1:
+            raise ModelLoadError(
+                f"{path} holds {len(found)} .gguf files ({', '.join(f.name for f in found[:4])}); "
+                "pass the one to load"
+            )
+        return found[0] if found else None
+    return None
+
+
+def resolve_model_dir(path: str | Path, dtype: str | torch.dtype | None = None) -> Path:
+    """A model directory; a Hugging Face cache entry (`models--org--name`) -> its snapshot; a
+    GGUF file (or a directory holding one) -> its converted directory in the cache."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ModelLoadError(f"model directory {str(p)!r} does not exist")
+        raise ModelLoadError(f"model {str(p)!r} does not exist")
+    gguf = gguf_file(p)
+    if gguf is not None:
+        from braid.model.gguf_cache import cached_model_dir
+
+        return cached_model_dir(gguf, parse_dtype(dtype))
     if not p.is_dir():
-        raise ModelLoadError(f"{p} is not a directory; pass a model directory with config.json")
+        raise ModelLoadError(
+            f"{p} is not a model: pass a directory with config.json or a .gguf file"
+        )
     if (p / "config.json").exists():
         return p
     snapshots = p / "snapshots"
@@ -42,7 +65,9 @@ def resolve_model_dir(path: str | Path) -> Path:
         found = sorted(s for s in snapshots.iterdir() if (s / "config.json").exists())
         if found:
             return found[-1]
-    raise ModelLoadError(f"{p}: no config.json here (nor in a Hugging Face cache snapshot)")
+    raise ModelLoadError(
+        f"{p}: no config.json here (nor in a Hugging Face cache snapshot), nor a .gguf file"
+    )
 
 
 def default_dtype() -> torch.dtype:
@@ -174,7 +199,7 @@ def build_transformer(
 def load_model(
     path: str | Path, dtype: str | torch.dtype | None = None
 ) -> tuple[Transformer, Path]:
-    model_dir = resolve_model_dir(path)
+    model_dir = resolve_model_dir(path, dtype)
     config = ModelConfig.from_file(model_dir / "config.json")
     gen = model_dir / "generation_config.json"
     if gen.exists():
