@@ -1,19 +1,45 @@
-"""Sampling parameters, logits -> processed probabilities, and seeded draws.
+"""Sampling parameters, penalties, logits -> processed probabilities, and seeded draws.
 
 Acceptance rules of the speculative methods compare *processed* distributions (after
 temperature, top-k, top-p and min-p, applied in that order as `transformers` does), so this module
 returns the whole distribution, not only the sampled token. Temperature 0 is greedy: the
 distribution is one-hot on the first maximal logit.
+
+Penalties (`apply_penalties`) come before all of that, on the raw logits, and depend on what a
+row has seen: every method passes each row its own history (a verify row that scores draft
+position k sees the prompt, the output and draft[:k]), so the penalised distribution is the
+target whatever method runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import chain
+from typing import Any
 
 import torch
 
 from braid.errors import InvalidRequestError
+
+# braid's values for the fields a caller leaves unset (None) and a model gives no default for
+FALLBACKS: dict[str, Any] = {
+    "max_tokens": 64,
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+}
+# generation_config.json key -> SamplingParams field
+GENERATION_KEYS = {
+    "max_new_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "min_p": "min_p",
+    "repetition_penalty": "repetition_penalty",
+}
 
 
 @dataclass
@@ -27,13 +53,21 @@ class SamplingParams:
     the critical path there); None = up to the context. logits_processors: callables
     `(generated_ids, logits) -> logits` applied to the raw logits before sampling, as in vLLM
     (methods "ar" and "multiverse"; in multiverse, generated_ids are those the token sees).
+    presence_penalty, frequency_penalty: in [-2, 2], OpenAI's: logit[v] -= presence * (c_v > 0)
+    + frequency * c_v, c_v the count of v among the generated tokens. repetition_penalty: > 0,
+    transformers' (CTRL): every token of the prompt or the output has its logit divided by it
+    when positive, multiplied when not. Every method applies all three, exactly.
+
+    max_tokens, temperature, top_k, top_p, min_p and repetition_penalty left unset (None) take
+    braid's fallbacks (`FALLBACKS`: 64, 1.0, 0, 1.0, 0.0, 1.0) and are remembered in `unset`,
+    so that `with_defaults` can give them a model's generation defaults instead.
     """
 
-    max_tokens: int = 64
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
     seed: int | None = None
     stop: Sequence[str] = field(default_factory=tuple)
     stop_token_ids: Sequence[int] = field(default_factory=tuple)
@@ -42,8 +76,17 @@ class SamplingParams:
     logits_processors: Sequence[Callable[[list[int], torch.Tensor], torch.Tensor]] = field(
         default_factory=tuple
     )
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float | None = None
+    # names the caller left unset: not an argument, and two params that sample alike are equal
+    unset: frozenset[str] = field(default=frozenset(), init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        unset = [name for name in FALLBACKS if getattr(self, name) is None]
+        for name in unset:
+            setattr(self, name, FALLBACKS[name])
+        self.unset = frozenset(unset)
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
@@ -69,6 +112,32 @@ class SamplingParams:
             raise InvalidRequestError("logits_processors must be callables (ids, logits) -> logits")
         if any(not s for s in self.stop):
             raise InvalidRequestError("stop strings must be non-empty")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2 <= getattr(self, name) <= 2:
+                raise InvalidRequestError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        if not self.repetition_penalty > 0:
+            raise InvalidRequestError(
+                f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}"
+            )
+
+    def with_defaults(self, defaults: Mapping[str, Any]) -> SamplingParams:
+        """A copy whose unset fields take a model's generation defaults.
+
+        `defaults` has generation_config.json's keys (temperature, top_p, top_k, min_p,
+        repetition_penalty, max_new_tokens; others are ignored, null means absent). As in vLLM
+        only those keys count, except that `do_sample: false` (transformers' greedy) makes an
+        unset temperature 0. Explicit values always win; the copy is validated like any other,
+        and `unset` keeps only the names that are still at braid's fallbacks.
+        """
+        values: dict[str, Any] = {}
+        for key, name in GENERATION_KEYS.items():
+            if name in self.unset and defaults.get(key) is not None:
+                values[name] = type(FALLBACKS[name])(defaults[key])  # JSON may give 50.0 for 50
+        if "temperature" in self.unset and defaults.get("do_sample") is False:
+            values["temperature"] = 0.0
+        out = replace(self, **values)
+        out.unset = self.unset - values.keys()
+        return out
 
     @property
     def greedy(self) -> bool:
@@ -77,6 +146,56 @@ class SamplingParams:
     @property
     def filters(self) -> bool:
         return self.top_k > 0 or self.top_p < 1 or self.min_p > 0
+
+    @property
+    def penalised(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1)
+
+
+# what a logits row has seen: (prompt ids, generated ids before the token it scores)
+History = tuple[Sequence[int], Sequence[int]]
+
+
+def apply_penalties(
+    logits: torch.Tensor, params: Sequence[SamplingParams], histories: Sequence[History]
+) -> torch.Tensor:
+    """Raw logits [N, V] -> the penalised logits (fp32), each row with its params and history.
+
+    Repetition first, then frequency and presence, as vLLM orders them. Returns `logits` itself
+    when no row has penalties, so callers pay nothing in the common case. Ids >= V (an id a
+    smaller draft vocabulary cannot score) are skipped.
+    """
+    rows = [i for i, p in enumerate(params) if p.penalised]
+    if not rows:
+        return logits
+    n, vocab = len(rows), logits.shape[1]
+    out = logits[rows].float()
+    counts = _counts([histories[i][1] for i in rows], n, vocab, out.device)
+    rep = torch.tensor([params[i].repetition_penalty for i in rows], device=out.device)[:, None]
+    if bool((rep != 1).any()):
+        # the rows of one request share its prompt list: count each distinct prompt once
+        unique = {id(histories[i][0]): histories[i][0] for i in rows}
+        index = {key: j for j, key in enumerate(unique)}
+        prompt_seen = _counts(list(unique.values()), len(unique), vocab, out.device) > 0
+        which = torch.tensor([index[id(histories[i][0])] for i in rows], device=out.device)
+        seen = (counts > 0) | prompt_seen[which]
+        out = torch.where(seen, torch.where(out > 0, out / rep, out * rep), out)
+    freq = torch.tensor([params[i].frequency_penalty for i in rows], device=out.device)[:, None]
+    pres = torch.tensor([params[i].presence_penalty for i in rows], device=out.device)[:, None]
+    out = out - (freq * counts + pres * (counts > 0))
+    if n == logits.shape[0]:
+        return out
+    return logits.float().index_copy(0, torch.tensor(rows, device=out.device), out)
+
+
+def _counts(seqs: Sequence[Sequence[int]], n: int, vocab: int, device) -> torch.Tensor:
+    """[n, vocab] fp32: how often each id occurs in each sequence (one scatter for all)."""
+    ids = torch.tensor(list(chain.from_iterable(seqs)), dtype=torch.long)
+    row = torch.repeat_interleave(torch.arange(n), torch.tensor([len(s) for s in seqs]))
+    inside = ids < vocab
+    counts = torch.zeros(n, vocab)
+    counts.index_put_((row[inside], ids[inside]), torch.ones(()), accumulate=True)
+    return counts.to(device)
 
 
 def process_logits(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from braid.methods.penalties import penalise
 from braid.model.batch import Append
 from braid.sampling import process_logits, sample
 
@@ -50,6 +51,7 @@ class Autoregressive:
         for i, req in enumerate(requests):
             for proc in req.params.logits_processors:
                 logits[i] = proc(req.output_ids, logits[i])
+        logits = penalise(logits, requests)
         for req, token in zip(requests, sample_next(logits, requests), strict=True):
             req.stats.passes += 1
             req.accept([token])

@@ -19,6 +19,7 @@ import torch
 from braid.heads.draft import condition, marginal
 from braid.heads.module import CPHeads
 from braid.methods import acceptance
+from braid.methods.penalties import penalise, penalise_chains
 from braid.model.batch import Append
 from braid.sampling import process_logits, sample
 
@@ -81,7 +82,7 @@ class HeadsSpeculative:
         c = self.heads.config
         hidden = torch.stack([self.hidden[r.id] for r in active])
         stop = 1 + max(budgets[r.id] for r in active)
-        if c.rank == 1 and all(r.params.greedy for r in active):
+        if c.rank == 1 and all(r.params.greedy and not r.params.penalised for r in active):
             # one expert and no posterior: each position's draft is its own argmax
             logits = self.heads.factor_logits(hidden, _draft_unembed(engine), stop, skip_first=True)
             for r, picks in zip(active, logits[:, :, 0].argmax(-1).tolist()):
@@ -93,12 +94,18 @@ class HeadsSpeculative:
             tokens, qs = drafts[r.id]
             for j in range(budgets[r.id]):
                 q = marginal(post, rows[j])
-                if r.params.greedy:  # greedy verification needs the drafted tokens alone
-                    y = int(q.argmax())
+                if r.params.greedy and not r.params.penalised:
+                    y = int(q.argmax())  # greedy verification needs the drafted tokens alone
                 else:
-                    q = process_logits(q.log()[None], [r.params])[0]
-                    y = sample(q, r.generator)
-                    qs.append(q)
+                    # log q stands in for the logits: the draft only approximates the target,
+                    # and any draft keeps the rules exact
+                    scores = penalise(q.log()[None], [r], [tokens])
+                    if r.params.greedy:
+                        y = int(scores.argmax())
+                    else:
+                        q = process_logits(scores, [r.params])[0]
+                        y = sample(q, r.generator)
+                        qs.append(q)
                 tokens.append(y)
                 if j + 1 < budgets[r.id]:
                     post = condition(post, rows[j], y)
@@ -118,6 +125,7 @@ class HeadsSpeculative:
             rows.extend(range(n + len(ids) - len(draft) - 1, n + len(ids)))
             n += len(ids)
         logits, hidden, _ = engine.forward(appends, torch.tensor(rows), return_hidden=True)
+        logits = penalise_chains(logits, requests, [drafts[r.id][0] for r in requests])
         offset = 0
         for r in requests:
             draft, qs = drafts[r.id]

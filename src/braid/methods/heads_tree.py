@@ -25,6 +25,7 @@ import torch
 from braid.heads.module import CPHeads
 from braid.heads.tree import Path, check_template, default_template, draft_tree
 from braid.methods.heads import HeadsSpeculative, _draft_unembed, posteriors
+from braid.methods.penalties import penalise_trees
 from braid.model.batch import tree_append
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class HeadsTree:
             rows.extend(range(n + len(pending) - 1, n + len(pending) + len(tokens)))
             n += len(pending) + len(tokens)
         logits, hidden, _ = engine.forward(appends, torch.tensor(rows), return_hidden=True)
+        logits = penalise_trees(logits, requests, [trees[r.id] for r in requests])
 
         offset = 0
         for r in requests:

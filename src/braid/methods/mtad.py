@@ -28,6 +28,7 @@ import torch
 from braid.cache import ROOT
 from braid.methods.acceptance import AUTO_START, joint_threshold, next_gamma
 from braid.methods.draft import Drafter
+from braid.methods.penalties import penalise, penalise_chains, penalise_trees
 from braid.model.batch import Append, build_batch, tree_append
 from braid.model.transformer import Transformer
 from braid.sampling import process_logits, sample
@@ -211,7 +212,7 @@ class Mtad:
             active = [r for r in requests if depth[r.id] > s]
             if not active:
                 break
-            appends, last, owners, n = [], [], [], 0
+            appends, last, owners, seen, n = [], [], [], [], 0
             for r in active:
                 g, beam = graphs[r.id], drafts[r.id]
                 if s == 0:
@@ -221,6 +222,7 @@ class Mtad:
                     n += len(ids)
                     last.append(n - 1)
                     owners.append(r)
+                    seen.append(())
                     continue
                 # every beam's newest token, each in a branch of the beam it extends
                 ns = beam.nodes
@@ -233,6 +235,10 @@ class Mtad:
                     toks.append(node.token)
                     pos.append(caught_up[r.id] + node.depth - 1)
                     segs.append(node.seg)
+                    if r.params.penalised:  # the beam's row has seen the beam's tokens
+                        seen.append([ns[i].token for i in path(ns, b)])
+                    else:
+                        seen.append(())
                 appends.append(Append(g, toks, pos, segs))
                 n += len(toks)
                 last += range(n - len(toks), n)
@@ -240,6 +246,7 @@ class Mtad:
             logits, _ = self.drafter.model.forward(
                 build_batch(appends, self.drafter.model.windows), torch.tensor(last)
             )
+            logits = penalise(logits[:, :vocab], owners, seen)
             probs = self.drafter.probs(logits, owners, vocab)
             for r in active:
                 r.stats.draft_passes += 1
@@ -276,6 +283,8 @@ class Mtad:
             rows.extend(range(n + len(ids) - len(draft) - 1, n + len(ids)))
             n += len(ids)
         logits, _, _ = engine.forward(appends, torch.tensor(rows))
+        tokens = [[drafts[r.id].nodes[i].token for i in chains[r.id]] for r in requests]
+        logits = penalise_chains(logits, requests, tokens)
         kept, offset = {}, 0
         for r in requests:
             ns, k = drafts[r.id].nodes, len(chains[r.id])
@@ -298,6 +307,11 @@ class Mtad:
             rows.extend(range(n + len(pending) - 1, n + len(pending) + len(ns)))
             n += len(pending) + len(ns)
         logits, _, _ = engine.forward(appends, torch.tensor(rows))
+        trees = [
+            ([nd.token for nd in ns], [nd.parent for nd in ns])
+            for ns in (drafts[r.id].nodes for r in requests)
+        ]
+        logits = penalise_trees(logits, requests, trees)
         kept, offset = {}, 0
         for r in requests:
             ns = drafts[r.id].nodes

@@ -33,7 +33,7 @@ from braid.methods.autoregressive import sample_next
 from braid.model.batch import Append
 from braid.multiverse import tags as T
 from braid.multiverse.grammar import canonical
-from braid.sampling import SamplingParams
+from braid.sampling import SamplingParams, apply_penalties
 
 if TYPE_CHECKING:
     from braid.engine.engine import Engine
@@ -185,6 +185,11 @@ class Multiverse:
         for i, (req, _, b) in enumerate(samplers):
             for proc in req.params.logits_processors:
                 logits[i] = proc(b.context, logits[i])
+        if any(req.params.penalised for req, _, _ in samplers):
+            # a branch's history is what it sees: its prompt and its context (not its siblings)
+            params = [req.params for req, _, _ in samplers]
+            seen = [(req.prompt_ids, b.context) for req, _, b in samplers]
+            logits = apply_penalties(logits, params, seen)
         tokens = sample_next(logits, [req for req, _, _ in samplers])
         for (req, st, b), token in zip(samplers, tokens, strict=True):
             if not req.finished:

@@ -20,6 +20,7 @@ import torch
 from braid.methods import acceptance
 from braid.methods.acceptance import AUTO_START, greedy_prefix, next_gamma
 from braid.methods.draft import Drafter
+from braid.methods.penalties import penalise, penalise_chains
 from braid.model.batch import Append, build_batch
 from braid.model.transformer import Transformer
 from braid.sampling import process_logits, sample
@@ -73,8 +74,10 @@ class DraftSpeculative:
             logits, _ = self.draft.forward(
                 build_batch(appends, self.draft.windows), torch.tensor(last)
             )
+            # the draft sees the penalties the target will apply after the same tokens
+            logits = penalise(logits[:, :vocab], active, [drafts[r.id] for r in active])
             if all(r.params.greedy for r in active):  # no distributions needed: argmax
-                picks = logits[:, :vocab].argmax(-1).tolist()
+                picks = logits.argmax(-1).tolist()
                 for r, y in zip(active, picks):
                     drafts[r.id].append(y)
                     r.stats.draft_passes += 1
@@ -98,6 +101,7 @@ class DraftSpeculative:
             rows.extend(range(n + len(ids) - k - 1, n + len(ids)))
             n += len(ids)
         logits, _, _ = engine.forward(appends, torch.tensor(rows))
+        logits = penalise_chains(logits, requests, [drafts[r.id] for r in requests])
         offset = 0
         for r in requests:
             k = len(drafts[r.id])
