@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from braid import LLM, SamplingParams
+from braid import LLM, MethodConfig, SamplingParams
 from braid.bench.prompts import validation
 from braid.heads.io import BUNDLED
 from braid.llm import bundled_model
@@ -49,9 +49,8 @@ def run_once(
         for i in range(len(prompts))
     ]
     start = time.perf_counter()
-    outs = [
-        llm.generate([p], params[i], method=method, gamma=gamma)[0] for i, p in enumerate(prompts)
-    ]
+    config = MethodConfig(method, gamma=gamma)
+    outs = [llm.generate([p], params[i], method=config)[0] for i, p in enumerate(prompts)]
     seconds = time.perf_counter() - start
     s = [o.stats for o in outs]
     return {

@@ -185,3 +185,28 @@ def test_slot_compaction_keeps_the_moved_request_intact(model):
     logits = run(model, [Append(graphs[2], [77], [4]), Append(graphs[1], [66], [3])])
     assert close(logits[0], fresh(model, seqs[2] + [77])[-1])
     assert close(logits[1], fresh(model, seqs[1] + [66])[-1])
+
+
+def test_a_copied_or_restarted_prompt_prefix_continues_like_a_fresh_run(model):
+    """Samples of one prompt share its rows: by a copy into another slot, or by restarting a
+    finished sample's graph at them; either then continues exactly as one plain run."""
+    pool = model.new_pool(3)
+    src = pool.new_graph()
+    run(model, [Append(src, PREFIX + [7, 8], range(len(PREFIX) + 2))])
+    copy = pool.new_graph()
+    copy.copy_prefix(src, len(PREFIX))
+    tail = [11, 12]
+    got = run(model, [Append(copy, tail, range(len(PREFIX), len(PREFIX) + 2))])
+    assert close(got, fresh(model, PREFIX + tail)[-2:])
+    src.restart(len(PREFIX))
+    again = run(model, [Append(src, tail, range(len(PREFIX), len(PREFIX) + 2))])
+    assert close(again, fresh(model, PREFIX + tail)[-2:])
+    with pytest.raises(ValueError, match="empty"):
+        copy.copy_prefix(src, 2)  # copy already holds rows
+    forked = pool.new_graph()
+    run(model, [Append(forked, PREFIX, range(len(PREFIX)))])
+    (branch,) = forked.fork(0, 1)
+    run(model, [Append(forked, [5], [len(PREFIX)], branch)])
+    with pytest.raises(ValueError, match="root-segment"):
+        forked.restart(len(PREFIX) + 1)  # the branch's row is not part of a shared prompt
+    assert forked.length == len(PREFIX) + 1

@@ -204,6 +204,35 @@ class TokenGraph:
         below.discard(segment)
         return sorted(below)
 
+    def copy_prefix(self, source: TokenGraph, rows: int) -> None:
+        """Start this empty graph with a copy of `source`'s first `rows` rows (K/V, positions).
+
+        How samples of one prompt share its prefill: they live in separate slots, so the rows
+        are copied once per sample, not recomputed. Only root-segment rows can be copied, since
+        this graph has no other segments; a refused copy leaves both graphs as they were.
+        """
+        if self.length or self.slot is None or source.slot is None or source.pool is not self.pool:
+            raise ValueError("copy_prefix needs an empty live graph and a live one of its pool")
+        source._check_root_prefix(rows)
+        if rows > self.pos.shape[0]:
+            self.pos, self.seg = _grow(self.pos, rows), _grow(self.seg, rows)
+        for t in self.pool.k + self.pool.v:
+            t[self.slot, :, :rows] = t[source.slot, :, :rows]
+        self.pos[:rows] = source.pos[:rows]
+        self.seg[:rows] = ROOT
+        self.length = rows
+
+    def restart(self, rows: int) -> None:
+        """Keep only the first `rows` rows, root-segment ones, as a fresh linear graph: how a
+        finished sample hands its slot and its prompt's rows to a sibling without a copy."""
+        self._check_root_prefix(rows)
+        self.truncate(rows)
+        self.linearize()
+
+    def _check_root_prefix(self, rows: int) -> None:
+        if not 0 <= rows <= self.length or bool((self.seg[:rows] != ROOT).any()):
+            raise ValueError(f"{rows} rows are not a root-segment prefix of the graph")
+
     def truncate(self, length: int) -> None:
         """Roll back to the first `length` rows."""
         if not 0 <= length <= self.length:

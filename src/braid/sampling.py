@@ -57,6 +57,8 @@ class SamplingParams:
     + frequency * c_v, c_v the count of v among the generated tokens. repetition_penalty: > 0,
     transformers' (CTRL): every token of the prompt or the output has its logit divided by it
     when positive, multiplied when not. Every method applies all three, exactly.
+    n: samples of the prompt, returned as `RequestOutput.outputs`; sample i draws with seed + i
+    (vLLM's rule; unseeded samples are independent draws) and all share the prompt's prefill.
 
     max_tokens, temperature, top_k, top_p, min_p and repetition_penalty left unset (None) take
     braid's fallbacks (`FALLBACKS`: 64, 1.0, 0, 1.0, 0.0, 1.0) and are remembered in `unset`,
@@ -79,6 +81,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float | None = None
+    n: int = 1
     # names the caller left unset: not an argument, and two params that sample alike are equal
     unset: frozenset[str] = field(default=frozenset(), init=False, compare=False, repr=False)
 
@@ -103,6 +106,8 @@ class SamplingParams:
             raise InvalidRequestError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.max_tokens < 1:
             raise InvalidRequestError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise InvalidRequestError(f"n (samples per prompt) must be an int >= 1, got {self.n}")
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise InvalidRequestError(
                 f"max_total_tokens must be >= 1 or None, got {self.max_total_tokens}"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import CORPUS, hf_model, make_hf_model
 
-from braid import LLM, ModelLoadError, SamplingParams
+from braid import LLM, MethodConfig, ModelLoadError, SamplingParams
 from braid.cli import main
 from braid.heads import CPHeads, HeadsConfig, load_heads, save_heads
 from braid.heads.train import HeadsTrainConfig, train_heads
@@ -234,7 +234,7 @@ def test_training_on_generated_text_fits_a_draft_tree(
     assert 1.0 <= tokens[0] and tokens[-1] <= 3.0
     llm = LLM(llama_dir, dtype="fp32", heads=tmp_path / "heads")
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-    tree_out = llm.generate("def", params, method="heads-tree", gamma=5)[0]
+    tree_out = llm.generate("def", params, method=MethodConfig("heads-tree", gamma=5))[0]
     assert tree_out.token_ids == llm.generate("def", params)[0].token_ids
 
 

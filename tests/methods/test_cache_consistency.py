@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import hf_model, noisy_copy
 
-from braid import LLM, SamplingParams
+from braid import LLM, MethodConfig, SamplingParams
 from braid.model.batch import Append, build_batch
 
 
@@ -36,7 +36,7 @@ def test_caches_after_rejections_equal_a_fresh_run_of_the_accepted_prefix(
     llama_dir, noisy_draft, method
 ):
     llm = LLM(llama_dir, dtype="fp32", draft=noisy_draft, max_batch=2)
-    engine = llm._engine(method, gamma=3, beams=3)
+    engine = llm._engine(MethodConfig(method, gamma=3, beams=3))
     target_ref, draft_ref = hf_model(llama_dir), hf_model(noisy_draft)
     prompts = [llm.tokenizer.encode(t) for t in ("The quick brown fox", "def f(x):", "emoji")]
     reqs = [

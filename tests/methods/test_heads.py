@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import hf_model
 
-from braid import LLM, SamplingParams
+from braid import LLM, MethodConfig, SamplingParams
 from braid.heads import CPHeads, HeadsConfig, load_heads, save_heads
 from braid.heads.train import heads_loss
 from braid.model import load_model
@@ -121,7 +121,7 @@ def test_tree_greedy_is_token_identical_to_ar_with_continuous_batching(
         SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (9, 40, 3, 25, 17)
     ]
     ar = llm.generate(PROMPTS, params)
-    out = llm.generate(PROMPTS, params, method="heads-tree", gamma=nodes)
+    out = llm.generate(PROMPTS, params, method=MethodConfig("heads-tree", gamma=nodes))
     for a, o in zip(ar, out):
         assert o.token_ids == a.token_ids
     stats = [o.stats for o in out]
@@ -142,7 +142,7 @@ def test_tree_serves_greedy_and_sampled_requests_in_one_batch(llama_dir, tree_he
         SamplingParams(max_tokens=20, temperature=0, ignore_eos=True),
         SamplingParams(max_tokens=20, temperature=0.7, seed=9, ignore_eos=True),
     ]
-    together = llm.generate(PROMPTS[:4], params, method="heads-tree", gamma=5)
+    together = llm.generate(PROMPTS[:4], params, method=MethodConfig("heads-tree", gamma=5))
     for prompt, p, o in zip(PROMPTS, params, together):
         alone = llm.generate(prompt, p, method="heads-tree" if p.greedy else "heads")[0]
         assert o.token_ids == alone.token_ids
@@ -167,7 +167,7 @@ def test_sampling_matches_the_target_distribution(llama_dir, heads_dir, method):
     n = 1000
     params = [SamplingParams(max_tokens=3, top_k=3, seed=s, ignore_eos=True) for s in range(n)]
     # heads-tree: sampled requests draft the heads chain
-    outs = llm.generate([prompt] * n, params, method=method, gamma=2)
+    outs = llm.generate([prompt] * n, params, method=MethodConfig(method, gamma=2))
     counts = {}
     for o in outs:
         counts[tuple(o.token_ids)] = counts.get(tuple(o.token_ids), 0) + 1
@@ -194,7 +194,7 @@ def test_all_draft_lengths_fit_context(llama_dir, heads_dir, method):
     for extra in (1, 2, 3):
         prompt = [5] * (ctx - extra)
         params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
-        out = llm.generate([prompt], params, method=method, gamma=8)
+        out = llm.generate([prompt], params, method=MethodConfig(method, gamma=8))
         ar = llm.generate([prompt], SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
         assert out[0].token_ids == ar[0].token_ids and len(out[0].token_ids) == extra
 

@@ -5,7 +5,7 @@ import torch
 from helpers import noisy_copy
 from test_speculative import exact_two_token_distribution
 
-from braid import LLM, SamplingParams
+from braid import LLM, MethodConfig, SamplingParams
 from braid.methods.mtad import draw_distinct
 
 PROMPTS = ["The quick brown fox", "def", "Ünïcödé façade, naïve", "x", "emoji 🙂🚀"]
@@ -25,7 +25,7 @@ def test_greedy_equals_ar_with_continuous_batching(llama_dir, noisy_draft, metho
         SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (9, 40, 3, 25, 17)
     ]
     ar = llm.generate(PROMPTS, params)
-    out = llm.generate(PROMPTS, params, method=method, gamma=gamma, beams=3)
+    out = llm.generate(PROMPTS, params, method=MethodConfig(method, gamma=gamma, beams=3))
     assert [o.token_ids for o in out] == [a.token_ids for a in ar]
     proposed = sum(o.stats.draft_tokens for o in out)
     accepted = sum(o.stats.accepted_tokens for o in out)
@@ -56,7 +56,7 @@ def test_sampling_with_an_unreachable_threshold_is_plain_target_sampling(
     exact = exact_two_token_distribution(llama_dir, prompt, top_k=4)
     n = 800
     params = [SamplingParams(max_tokens=2, top_k=4, seed=s, ignore_eos=True) for s in range(n)]
-    outs = llm.generate([prompt] * n, params, method=method, gamma=3, tau=1e9)
+    outs = llm.generate([prompt] * n, params, method=MethodConfig(method, gamma=3, tau=1e9))
     counts = {}
     for o in outs:
         counts[tuple(o.token_ids)] = counts.get(tuple(o.token_ids), 0) + 1
@@ -74,7 +74,7 @@ def test_sampling_runs_up_to_the_context_limit(llama_dir, noisy_draft, method, g
     context = 256  # the tiny model's max_position_embeddings
     prompts = [list(range(3, 3 + context - 20)), list(range(5, 5 + context - 9))]
     params = [SamplingParams(max_tokens=100, seed=s, ignore_eos=True) for s in (1, 2)]
-    outs = llm.generate(prompts, params, method=method, gamma=gamma, beams=4)
+    outs = llm.generate(prompts, params, method=MethodConfig(method, gamma=gamma, beams=4))
     assert [len(o.token_ids) for o in outs] == [20, 9]
     assert all(o.finish_reason == "length" for o in outs)
     assert sum(o.stats.draft_tokens for o in outs) > 0

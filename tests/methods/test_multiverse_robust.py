@@ -7,7 +7,7 @@ import random
 import pytest
 from test_multiverse import FREE, Doc
 
-from braid import SamplingParams
+from braid import MethodConfig, SamplingParams
 from braid.multiverse import tags as T
 from braid.multiverse.attention import multiverse_layout
 from braid.multiverse.grammar import canonical, parse
@@ -27,7 +27,8 @@ def run(mv_llm, templates, max_tokens=200, **options):
             SamplingParams(max_tokens=max_tokens, temperature=0, logits_processors=[proc])
         )
     prompt = mv_llm.tokenizer.encode(PROMPT)
-    outs = mv_llm.generate([prompt] * len(templates), params, method="multiverse", **options)
+    method = MethodConfig("multiverse", **options)
+    outs = mv_llm.generate([prompt] * len(templates), params, method=method)
     return outs, docs
 
 

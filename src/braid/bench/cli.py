@@ -8,8 +8,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from braid.cli import parse_gamma
 from braid.errors import BraidError
+from braid.methods.config import DEFAULTS, parse_gamma
 
 
 def _int_list(text: str) -> list[int]:
@@ -47,9 +47,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--gamma",
         type=parse_gamma,
-        default=4,
+        default=DEFAULTS.gamma,
         help="drafted tokens per target pass, or 'auto' (spec, block, mtad and mtad-tree adapt "
-        "it per request; the peer runs transformers' 'heuristic' schedule)",
+        "it per request, the other methods take the default; the peer runs transformers' "
+        "'heuristic' schedule) (default: %(default)s)",
     )
     p.add_argument(
         "--model",

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
+from braid.methods.config import AUTO, MethodConfig
 from braid.model.batch import Append, build_batch
 from braid.model.transformer import Transformer
 from braid.sampling import SamplingParams
@@ -62,15 +63,13 @@ def empirical_tv(a: Sequence[tuple], b: Sequence[tuple]) -> float:
 def first_token_samples(
     llm, prompt: Sequence[int], method: str, seeds: range, k: int, gamma: int | str
 ) -> list[tuple]:
-    from braid.bench.runner import method_gamma
-
-    gamma = method_gamma(method, gamma)
-    longest = 8 if gamma == "auto" else gamma  # "auto" drafts at most 8
+    config = MethodConfig.sharing_gamma(method, gamma)
+    longest = 8 if config.gamma == AUTO else config.gamma  # "auto" drafts at most 8
     params = [
         SamplingParams(max_tokens=max(k, longest + 1), temperature=1.0, seed=s, ignore_eos=True)
         for s in seeds
     ]
-    outs = llm.generate([list(prompt)] * len(seeds), params, method=method, gamma=gamma)
+    outs = llm.generate([list(prompt)] * len(seeds), params, method=config)
     return [tuple(o.token_ids[:k]) for o in outs]
 
 

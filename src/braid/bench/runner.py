@@ -23,7 +23,8 @@ from braid.bench.machine import describe, memory_bandwidth
 from braid.bench.models import streamed_weight_bytes
 from braid.bench.prompts import encode
 from braid.llm import LLM, bundled_model
-from braid.methods import DRAFT_METHODS, METHODS
+from braid.methods import METHODS
+from braid.methods.config import MethodConfig
 from braid.model.tokenizer import Tokenizer
 from braid.sampling import SamplingParams
 
@@ -96,11 +97,6 @@ def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[l
 
 
 PEERS = ("transformers", "transformers-assisted", "none")
-
-
-def method_gamma(method: str, gamma: int | str) -> int | str:
-    """gamma "auto" adapts in the draft-model methods; the others ignore gamma."""
-    return 4 if gamma == "auto" and method not in DRAFT_METHODS else gamma
 
 
 class Peer:
@@ -274,9 +270,8 @@ def _time_group(
             if contender == "peer":
                 tokens["peer"] = ref.generate(prompts, new_tokens, batch, temperature)
             else:
-                outs = llm.generate(
-                    prompts, params, method=contender, gamma=method_gamma(contender, gamma)
-                )
+                method = MethodConfig.sharing_gamma(contender, gamma)
+                outs = llm.generate(prompts, params, method=method)
                 tokens[contender] = [o.token_ids for o in outs]
                 stats[contender] = [o.stats for o in outs]
             elapsed = time.perf_counter() - t

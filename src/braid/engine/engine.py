@@ -2,18 +2,27 @@
 
 Continuous batching: a request leaves as soon as it finishes and a waiting one takes its slot in
 the next step, whatever the others are doing.
+
+Samples of one prompt (`SamplingParams.n`) are separate requests with their own slots, seeds and
+method state, so every method runs them unchanged. They share the prompt's prefill: a sample
+admitted while a sibling runs gets the sibling's cached prompt rows (all but the last prompt
+token, whose logits it computes itself) copied into its slot; one that would start beside a
+sibling still waiting for its first pass waits a step for it; and a sample that finishes hands
+its slot, cut back to those rows, to a waiting sibling. So the prompt is computed once however
+short the samples are. The draft model of the draft methods still reads it once per sample.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 
 import torch
 
 from braid.engine.request import Request, RequestOutput
-from braid.errors import InvalidRequestError
+from braid.errors import BraidWarning, InvalidRequestError
 from braid.methods import Method
 from braid.model.batch import Append, ForwardBatch, build_batch
 from braid.model.tokenizer import Tokenizer
@@ -35,7 +44,7 @@ class Engine:
         self.max_batch = max_batch
         self.max_context = model.config.max_position_embeddings
         # cached rows may outnumber positions when a method keeps parallel branches (multiverse)
-        rows = self.max_context * getattr(method, "rows_per_position", 1)
+        rows = self.max_context * getattr(method, "rows_per_position", Method.rows_per_position)
         self.pool = model.new_pool(max_batch, rows)
         self.eos_token_ids = model.config.eos_token_ids or tokenizer.eos_token_ids
         self.waiting: deque[Request] = deque()
@@ -44,6 +53,7 @@ class Engine:
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, prompt: str | Sequence[int], params: SamplingParams) -> Request:
+        """Queue `params.n` samples of `prompt`; returns the first (its `samples` holds all)."""
         if isinstance(prompt, str):
             text, ids = prompt, self.tokenizer.encode(prompt)
         else:
@@ -58,8 +68,17 @@ class Engine:
                 f"prompt has {len(ids)} tokens; the model's context is {self.max_context}, "
                 "leaving no room to generate: shorten the prompt"
             )
+        if "max_tokens" not in params.unset and len(ids) + params.max_tokens > self.max_context:
+            # cut to what fits, and said (in vLLM's words, which it uses to refuse the request)
+            warnings.warn(
+                f"This model's maximum context length is {self.max_context} tokens; the prompt "
+                f"has {len(ids)} and max_tokens asks for {params.max_tokens} more: generation "
+                f"stops after {self.max_context - len(ids)} tokens",
+                BraidWarning,
+                stacklevel=3,
+            )
         if params.logits_processors and not getattr(
-            self.method, "supports_logits_processors", False
+            self.method, "supports_logits_processors", Method.supports_logits_processors
         ):
             raise InvalidRequestError(
                 f"logits_processors are supported by methods 'ar' and 'multiverse', "
@@ -68,12 +87,22 @@ class Engine:
         check = getattr(self.method, "check", None)
         if check is not None:
             check(self, params)
-        req = Request(
-            self._next_id, text, ids, params, self.tokenizer, self.eos_token_ids, self.max_context
-        )
-        self._next_id += 1
-        self.waiting.append(req)
-        return req
+        samples: list[Request] = []
+        for index in range(params.n):
+            req = Request(
+                self._next_id,
+                text,
+                ids,
+                params,
+                self.tokenizer,
+                self.eos_token_ids,
+                self.max_context,
+                index=index,
+                samples=samples,
+            )
+            self._next_id += 1
+            self.waiting.append(req)
+        return samples[0]
 
     @property
     def has_unfinished(self) -> bool:
@@ -82,11 +111,7 @@ class Engine:
     # -- the loop ---------------------------------------------------------------------------
     def step(self) -> list[Request]:
         """One scheduling step; returns the requests that advanced (finished ones included)."""
-        while self.waiting and len(self.running) < self.max_batch:
-            req = self.waiting.popleft()
-            req.graph = self.pool.new_graph()
-            req.started = time.perf_counter()
-            self.running.append(req)
+        self._admit()
         stepped = list(self.running)
         if stepped:
             self.method.step(self, stepped)
@@ -94,9 +119,42 @@ class Engine:
         for req in stepped:
             req.stats.seconds = now - req.started
             if req.finished:
+                self._hand_over(req, now)
                 self._release(req)
         self.running = [r for r in self.running if not r.finished]
         return stepped
+
+    def _admit(self) -> None:
+        """Fill free slots from the queue in order, passing over samples that wait a step for a
+        sibling's first pass (they keep their place)."""
+        passed: list[Request] = []
+        while self.waiting and len(self.running) < self.max_batch:
+            req = self.waiting.popleft()
+            shared = _shared_rows(req)
+            running = [s for s in req.samples if s.graph is not None] if shared else []
+            source = next((s for s in running if s.graph.length >= shared), None)
+            if running and source is None:
+                passed.append(req)
+                continue
+            req.graph = self.pool.new_graph()
+            if source is not None:
+                req.graph.copy_prefix(source.graph, shared)
+                req.stats.cached_prompt_tokens = shared
+            req.started = time.perf_counter()
+            self.running.append(req)
+        self.waiting.extendleft(reversed(passed))
+
+    def _hand_over(self, req: Request, now: float) -> None:
+        """A finished sample's slot, cut back to its prompt rows, goes to a waiting sibling."""
+        heir = next((s for s in req.samples if s.started is None), None)
+        if heir is None or req.graph is None:
+            return
+        self.waiting.remove(heir)
+        heir.graph, req.graph = req.graph, None
+        heir.graph.restart(_shared_rows(heir))
+        heir.stats.cached_prompt_tokens = heir.graph.length
+        heir.started = now
+        self.running.append(heir)
 
     def run(self) -> Iterator[Request]:
         """Step until everything finished, yielding each request as it finishes."""
@@ -111,6 +169,7 @@ class Engine:
         params: Sequence[SamplingParams],
         progress=None,
     ) -> list[RequestOutput]:
+        """One output per prompt, in order; `progress` advances once per finished sample."""
         reqs = [self.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
         try:
             for _ in self.run():
@@ -143,3 +202,8 @@ class Engine:
         batch = build_batch(appends, self.model.windows)
         logits, hidden = self.model.forward(batch, logit_rows, return_hidden)
         return logits, hidden, batch
+
+
+def _shared_rows(req: Request) -> int:
+    """Prompt rows a sample can take from a sibling: all but the last, whose logits it needs."""
+    return len(req.prompt_ids) - 1

@@ -1,4 +1,10 @@
-"""A request's state while it runs, its incremental detokenizer and its finished output."""
+"""A request's state while it runs, its incremental detokenizer and its finished output.
+
+One prompt with `SamplingParams.n` > 1 becomes n `Request`s, one per sample, that share a
+`samples` list: each is scheduled, batched and cached like any request (the engine copies the
+prompt's cached rows from a running sibling instead of recomputing them), and the first one's
+`output()` gathers all n as vLLM's `RequestOutput.outputs`.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ class RequestStats:
     paths: int = 0
     fallbacks: int = 0
     warnings: list[str] = field(default_factory=list)
+    cached_prompt_tokens: int = 0  # prompt rows copied from a sibling sample, not recomputed
 
     @property
     def acceptance_rate(self) -> float:
@@ -54,6 +61,11 @@ class RequestStats:
             "tokens_per_s": round(self.tokens_per_s, 2),
             "tokens_per_pass": round(self.tokens_per_pass, 3),
             **(
+                {"cached_prompt_tokens": self.cached_prompt_tokens}
+                if self.cached_prompt_tokens
+                else {}
+            ),
+            **(
                 {
                     "draft_tokens": self.draft_tokens,
                     "accepted_tokens": self.accepted_tokens,
@@ -79,14 +91,48 @@ class RequestStats:
 
 
 @dataclass
-class RequestOutput:
-    request_id: int
-    prompt: str | None
-    prompt_token_ids: list[int]
+class CompletionOutput:
+    """One sample of a prompt (vLLM's `CompletionOutput`)."""
+
+    index: int
     text: str
     token_ids: list[int]
     finish_reason: str  # "stop" (eos, stop token or stop string) or "length"
     stats: RequestStats = field(default_factory=RequestStats)
+
+
+@dataclass
+class RequestOutput:
+    """Everything generated for one prompt: `outputs` holds its `SamplingParams.n` samples in
+    index order. `text`, `token_ids`, `finish_reason` and `stats` are those of sample 0, so
+    code written for n = 1 reads the same fields it always did."""
+
+    request_id: int
+    prompt: str | None
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput]
+
+    @property
+    def text(self) -> str:
+        return self.outputs[0].text
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.outputs[0].token_ids
+
+    @property
+    def finish_reason(self) -> str:
+        return self.outputs[0].finish_reason
+
+    @property
+    def stats(self) -> RequestStats:
+        return self.outputs[0].stats
+
+
+def sample_seed(seed: int | None, index: int) -> int | None:
+    """The seed of sample `index` of a prompt: `seed + index`, vLLM's rule, so sample 0 is the
+    n = 1 output and sample i can be reproduced alone with seed + i; None stays unseeded."""
+    return None if seed is None else seed + index
 
 
 class Detokenizer:
@@ -122,12 +168,19 @@ class Request:
         tokenizer: Tokenizer,
         eos_token_ids: Sequence[int],
         max_context: int,
+        index: int = 0,
+        samples: list[Request] | None = None,
     ):
+        """`index`: which sample of its prompt this is; `samples`: the list all samples of the
+        prompt share (None: a new list, this request's the first)."""
         self.id = request_id
         self.prompt = prompt
         self.prompt_ids = prompt_ids
         self.params = params
-        self.generator: torch.Generator = make_generator(params.seed)
+        self.index = index
+        self.samples: list[Request] = samples if samples is not None else []
+        self.samples.append(self)
+        self.generator: torch.Generator = make_generator(sample_seed(params.seed, index))
         self.graph: TokenGraph | None = None
         self.output_ids: list[int] = []
         self.text = ""
@@ -210,13 +263,21 @@ class Request:
         delta, self.emitted = self.text[self.emitted : end], end
         return delta
 
-    def output(self) -> RequestOutput:
-        return RequestOutput(
-            request_id=self.id,
-            prompt=self.prompt,
-            prompt_token_ids=self.prompt_ids,
+    def completion(self) -> CompletionOutput:
+        return CompletionOutput(
+            index=self.index,
             text=self.text,
             token_ids=list(self.output_ids),
             finish_reason=self.finish_reason or "length",
             stats=self.stats,
+        )
+
+    def output(self) -> RequestOutput:
+        """The prompt's output with every sample (as far as each has come)."""
+        first = self.samples[0]
+        return RequestOutput(
+            request_id=first.id,
+            prompt=first.prompt,
+            prompt_token_ids=first.prompt_ids,
+            outputs=[s.completion() for s in self.samples],
         )

@@ -5,49 +5,54 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from braid.errors import InvalidRequestError
+from braid.methods.config import (
+    DRAFT_METHODS,
+    HEADS_METHODS,
+    METHODS,
+    MethodConfig,
+    method_config,
+)
 
 if TYPE_CHECKING:
     from braid.engine.engine import Engine
     from braid.engine.request import Request
+    from braid.sampling import SamplingParams
+
+__all__ = ["DRAFT_METHODS", "HEADS_METHODS", "METHODS", "Method", "MethodConfig", "make_method"]
 
 
 class Method(Protocol):
+    """What the engine drives. Methods are structural (they need not subclass this); the engine
+    falls back to the defaults below for the optional hooks a method leaves out."""
+
     name: str
+    # cached rows per context position: > 1 when a method keeps parallel branches (multiverse)
+    rows_per_position: int = 1
+    # whether the method applies SamplingParams.logits_processors to every row it samples
+    supports_logits_processors: bool = False
 
     def step(self, engine: Engine, requests: list[Request]) -> None:
-        """Advance every request by at least one token (or its prompt), calling `accept`."""
+        """Advance every request by at least one token (or its prompt), calling `accept`.
+
+        A request's tokens not yet in its cache are `all_ids[graph.length:]`: the whole prompt
+        on its first step, or only its last token when the engine copied a sibling sample's
+        prompt rows in (`SamplingParams.n`)."""
 
     def release(self, request: Request) -> None:
         """Free whatever the method holds for a finished or aborted request."""
 
-
-METHODS = (
-    "ar",
-    "spec",
-    "block",
-    "mtad",
-    "mtad-tree",
-    "multiverse",
-    "heads",
-    "heads-block",
-    "heads-tree",
-)
-HEADS_METHODS = ("heads", "heads-block", "heads-tree")
-DRAFT_METHODS = ("spec", "block", "mtad", "mtad-tree")
+    def check(self, engine: Engine, params: SamplingParams) -> None:
+        """Refuse what this method cannot honour, before the request is queued (optional)."""
 
 
-def make_method(
-    name: str,
-    draft=None,
-    gamma: int = 4,
-    beams: int = 4,
-    tau: float = 0.5,
-    max_paths: int = 16,
-    max_depth: int = 4,
-    heads=None,
-) -> Method:
-    """`draft` is a loaded draft `Transformer` for the draft-model methods; `max_paths` and
-    `max_depth` cap the forks of "multiverse" (larger ones decode sequentially)."""
+def make_method(config: MethodConfig | str = "ar", draft=None, heads=None) -> Method:
+    """The method `config` names, built with its options (a string: default options).
+
+    `draft` is a loaded draft `Transformer` for `DRAFT_METHODS`, `heads` loaded `CPHeads` for
+    `HEADS_METHODS`; the others take neither.
+    """
+    config = method_config(config)
+    name = config.name
     if name == "ar":
         from braid.methods.autoregressive import Autoregressive
 
@@ -57,23 +62,24 @@ def make_method(
     if name in ("spec", "block"):
         from braid.methods.speculative import DraftSpeculative
 
-        return DraftSpeculative(draft, rule=name, gamma=gamma)
+        return DraftSpeculative(draft, rule=name, gamma=config.gamma)
     if name in ("mtad", "mtad-tree"):
         from braid.methods.mtad import Mtad
 
-        return Mtad(draft, gamma=gamma, beams=beams, tau=tau, tree=name == "mtad-tree")
+        return Mtad(
+            draft, gamma=config.gamma, beams=config.beams, tau=config.tau, tree=name == "mtad-tree"
+        )
     if name == "multiverse":
         from braid.methods.multiverse import Multiverse
 
-        return Multiverse(max_paths=max_paths, max_depth=max_depth)
-    if name in HEADS_METHODS:  # `heads`: loaded CPHeads
-        if heads is None:
-            raise InvalidRequestError(f"method {name!r} needs CP heads (heads=DIR)")
-        if name == "heads-tree":
-            from braid.methods.heads_tree import HeadsTree
+        return Multiverse(max_paths=config.max_paths, max_depth=config.max_depth)
+    # HEADS_METHODS (MethodConfig admits no other name)
+    if heads is None:
+        raise InvalidRequestError(f"method {name!r} needs CP heads (heads=DIR)")
+    if name == "heads-tree":
+        from braid.methods.heads_tree import HeadsTree
 
-            return HeadsTree(heads, nodes=gamma)
-        from braid.methods.heads import HeadsSpeculative
+        return HeadsTree(heads, nodes=config.gamma)
+    from braid.methods.heads import HeadsSpeculative
 
-        return HeadsSpeculative(heads, rule=name)
-    raise InvalidRequestError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    return HeadsSpeculative(heads, rule=name)

@@ -149,7 +149,8 @@ class Multiverse:
             n = len(req.prompt_ids)
             rows = engine.pool.max_capacity - n  # sibling paths share positions, not rows
             trunk = Branch(segment=0, next_pos=n)
-            trunk.pending, trunk.pending_pos = list(req.prompt_ids), list(range(n))
+            cached = req.graph.length  # prompt rows the engine copied from a sibling sample
+            trunk.pending, trunk.pending_pos = list(req.prompt_ids[cached:]), list(range(cached, n))
             total = min(req.params.max_total_tokens or rows, rows)
             critical = min(req.params.max_tokens, engine.max_context - n)
             st = State(trunk, [trunk], n, total, critical)
