@@ -1,5 +1,5 @@
-"""`braid` command line: generate, info, models, bench, train-lm, train-heads, make-tasks,
-curate, train-multiverse.
+"""`braid` command line: generate, chat, info, convert, models, bench, train-lm, train-heads,
+make-tasks, curate, train-multiverse.
 
 Errors a user can fix (bad arguments, missing model, bad prompt) exit 2 with one line on stderr.
 """
@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
-from braid.errors import BraidError
-from braid.methods import METHODS
+from braid.errors import BraidError, BraidWarning
+from braid.methods.config import DEFAULTS, METHODS, MethodConfig, parse_gamma
 
 EXIT_USAGE = 2
 
@@ -37,14 +39,65 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
 
 
-def parse_gamma(text: str) -> int | str:
-    """--gamma: an integer, or 'auto' for adaptive drafting."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {text!r}") from None
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    """--method and its options; defaults are `MethodConfig`'s (one place for all front ends)."""
+    p.add_argument(
+        "--method",
+        default=DEFAULTS.name,
+        choices=list(METHODS),
+        help="ar: one token per pass; spec / block: a draft model proposes --gamma tokens, "
+        "token-level / block verification keeps them (exact); mtad / mtad-tree: the draft "
+        "beam-samples, a joint-ratio test against --tau keeps a prefix (lossy; equal to ar "
+        "at temperature 0); heads / heads-block: CP heads on the model's own hidden state draft "
+        "n - 1 tokens (exact); heads-tree: for greedy requests the heads draft a tree of "
+        "--gamma candidate tokens, verified in one pass (sampled ones run heads); "
+        "multiverse: a Multiverse model forks its own parallel "
+        "paths and the engine decodes them side by side (default: %(default)s)",
+    )
+    p.add_argument(
+        "--gamma",
+        type=parse_gamma,
+        default=DEFAULTS.gamma,
+        help="drafted tokens per target pass (heads-tree: nodes of the draft tree), or 'auto' "
+        "(spec, block, mtad, mtad-tree): adapted per request from its acceptance "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--beams",
+        type=int,
+        default=DEFAULTS.beams,
+        help="mtad: beams of the draft (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tau",
+        type=float,
+        default=DEFAULTS.tau,
+        help="mtad: joint acceptance threshold (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-paths",
+        type=int,
+        default=DEFAULTS.max_paths,
+        help="multiverse: larger forks decode sequentially (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-depth",
+        type=int,
+        default=DEFAULTS.max_depth,
+        help="multiverse: deeper nesting decodes sequentially (default: %(default)s)",
+    )
+
+
+def _method_config(args) -> MethodConfig:
+    """The flags of `_add_method_args` as one validated config (bad values exit 2)."""
+    return MethodConfig(
+        args.method,
+        gamma=args.gamma,
+        beams=args.beams,
+        tau=args.tau,
+        max_paths=args.max_paths,
+        max_depth=args.max_depth,
+    )
 
 
 def _add_generate(sub) -> None:
@@ -57,19 +110,7 @@ def _add_generate(sub) -> None:
     _model_args(p)
     p.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
     p.add_argument("--prompts-file", help="file with one prompt per line, or .jsonl with 'prompt'")
-    p.add_argument(
-        "--method",
-        default="ar",
-        choices=list(METHODS),
-        help="ar: one token per pass; spec / block: a draft model proposes --gamma tokens, "
-        "token-level / block verification keeps them (exact); mtad / mtad-tree: the draft "
-        "beam-samples, a joint-ratio test against --tau keeps a prefix (lossy; equal to ar "
-        "at temperature 0); heads / heads-block: CP heads on the model's own hidden state draft "
-        "n - 1 tokens (exact); heads-tree: for greedy requests the heads draft a tree of "
-        "--gamma candidate tokens, verified in one pass (sampled ones run heads); "
-        "multiverse: a Multiverse model forks its own parallel "
-        "paths and the engine decodes them side by side",
-    )
+    _add_method_args(p)
     p.add_argument("--draft", help="draft model directory (default: the bundled draft)")
     p.add_argument(
         "--heads",
@@ -78,33 +119,13 @@ def _add_generate(sub) -> None:
         "of the bundled target); heads draft n - 1 tokens from each target pass",
     )
     p.add_argument(
-        "--gamma",
-        type=parse_gamma,
-        default=4,
-        help="drafted tokens per target pass (heads-tree: nodes of the draft tree), or 'auto' "
-        "(spec, block, mtad, mtad-tree): adapted per request from its acceptance",
-    )
-    p.add_argument("--beams", type=int, default=4, help="mtad: beams of the draft")
-    p.add_argument("--tau", type=float, default=0.5, help="mtad: joint acceptance threshold")
-    p.add_argument(
-        "--max-paths", type=int, default=16, help="multiverse: larger forks decode sequentially"
-    )
-    p.add_argument(
-        "--max-depth", type=int, default=4, help="multiverse: deeper nesting decodes sequentially"
-    )
-    p.add_argument(
         "--max-total-tokens",
         type=int,
         help="multiverse: bound on all tokens across paths (--max-tokens bounds the critical path)",
     )
-    p.add_argument("--max-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (default 0.8)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 disables (default)")
-    p.add_argument("--min-p", type=float, default=0.0)
-    p.add_argument("--seed", type=int, help="same seed, same output")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    p.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
+    _add_sampling_args(p)
+    p.add_argument("--chat", action="store_true", help="each prompt is one user turn of a chat")
+    p.add_argument("--system", help="with --chat: the system prompt")
     p.add_argument("--max-batch", type=int, default=8, help="requests decoded at once")
     p.add_argument("--json", action="store_true", help="one JSON object per output")
     p.add_argument("--stats", action="store_true", help="print per-output stats to stderr")
@@ -137,27 +158,66 @@ def _read_prompts(args) -> list[str]:
     return prompts
 
 
-def _generate(args) -> int:
-    from braid import LLM, SamplingParams
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """Sampling flags; unset ones take the model's generation_config, else braid's fallbacks
+    (`braid.sampling.FALLBACKS`): one source of defaults for the API and the CLI."""
+    from braid.sampling import FALLBACKS
 
-    prompts = _read_prompts(args)
-    params = SamplingParams(
+    def model_default(name: str) -> str:
+        return f"(default: the model's generation_config, else {FALLBACKS[name]})"
+
+    p.add_argument("--max-tokens", type=int, help="new tokens " + model_default("max_tokens"))
+    p.add_argument("--temperature", type=float, help="0 = greedy " + model_default("temperature"))
+    p.add_argument("--top-p", type=float, help=model_default("top_p"))
+    p.add_argument("--top-k", type=int, help="0 disables " + model_default("top_k"))
+    p.add_argument("--min-p", type=float, help=model_default("min_p"))
+    p.add_argument(
+        "--repetition-penalty", type=float, help=">1 discourages repeats " + model_default(
+            "repetition_penalty"
+        )
+    )  # fmt: skip
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="(default: %(default)s)")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="(default: %(default)s)")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="same seed, same output")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep going past end-of-sequence")
+
+
+def _sampling_params(args):
+    from braid import SamplingParams
+
+    return SamplingParams(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
         min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        n=args.n,
         seed=args.seed,
         stop=args.stop,
         ignore_eos=args.ignore_eos,
-        max_total_tokens=args.max_total_tokens,
+        max_total_tokens=getattr(args, "max_total_tokens", None),
     )
-    model = args.model
-    if model is None and args.method == "multiverse":  # the bundled model that writes structure
-        from braid.llm import bundled_model
 
+
+def _load(args, method: str):
+    """The LLM the flags name; multiverse without --model takes the bundled Multiverse model."""
+    from braid import LLM
+    from braid.model.registry import DEFAULT, bundled_model
+
+    model = args.model
+    if model is None and method == "multiverse":
+        print(
+            f"braid: no Multiverse model ships for {DEFAULT.name} yet; using the bundled "
+            "'multiverse' (arithmetic tasks). Pass --model to choose.",
+            file=sys.stderr,
+        )
         model = bundled_model("multiverse")
-    llm = LLM(
+    return LLM(
         model,
         dtype=args.dtype,
         threads=args.threads,
@@ -165,48 +225,56 @@ def _generate(args) -> int:
         draft=args.draft,
         heads=args.heads,
     )
+
+
+def _generate(args) -> int:
+    prompts = _read_prompts(args)
+    method = _method_config(args)  # checked before the model loads
+    params = _sampling_params(args)
+    if args.system and not args.chat:
+        raise BraidError("--system needs --chat")
+    llm = _load(args, args.method)
+    if args.chat:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        conversations = [[*system, {"role": "user", "content": p}] for p in prompts]
+        prompts = [llm.chat_prompt(c) for c in conversations]
+        params = llm._end_turn(params)
     multiverse = args.method == "multiverse"
-    if len(prompts) == 1 and not args.json and not args.no_stream and not multiverse:
-        stream = llm.stream(
-            prompts[0], params, method=args.method, gamma=args.gamma, beams=args.beams, tau=args.tau
-        )
-        for delta in stream:
+    one = len(prompts) == 1 and params.n == 1
+    if one and not args.json and not args.no_stream and not multiverse:
+        for delta in llm.stream(prompts[0], params, method=method):
             print(delta, end="", flush=True)
         print()
+        out = llm.last_stream_output
         if args.stats:
-            print(json.dumps(llm.last_stream_output.stats.as_dict()), file=sys.stderr)
+            print(json.dumps(_stats(out, 0)), file=sys.stderr)
         return 0
-    outputs = llm.generate(
-        prompts,
-        params,
-        method=args.method,
-        use_tqdm=len(prompts) > 1,
-        gamma=args.gamma,
-        beams=args.beams,
-        tau=args.tau,
-        max_paths=args.max_paths,
-        max_depth=args.max_depth,
-    )
+    outputs = llm.generate(prompts, params, method=method, use_tqdm=len(prompts) > 1)
     if multiverse:
         return _print_multiverse(outputs, args)
-    for out in outputs:
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "prompt": out.prompt,
-                        "text": out.text,
-                        "token_ids": out.token_ids,
-                        "finish_reason": out.finish_reason,
-                        "stats": out.stats.as_dict(),
-                    }
-                )
-            )
-        else:
-            print(out.text)
-        if args.stats and not args.json:
-            print(json.dumps(out.stats.as_dict()), file=sys.stderr)
+    texts = [p if isinstance(p, str) else llm.tokenizer.decode(p, special=True) for p in prompts]
+    for i, (out, prompt) in enumerate(zip(outputs, texts)):
+        for sample in out.outputs:
+            if args.json:
+                record = {"index": i, "sample": sample.index, "prompt": prompt, "text": sample.text}
+                record.update(token_ids=sample.token_ids, finish_reason=sample.finish_reason)
+                record["stats"] = sample.stats.as_dict()
+                print(json.dumps(record))
+                continue
+            if not one:  # as vLLM's examples: each prompt and its output clearly apart
+                label = f"[{i}]" if out.outputs[1:] == [] else f"[{i}.{sample.index}]"
+                print(f"{label} prompt: {prompt!r}" if sample.index == 0 else label)
+            print(sample.text)
+            if not one:
+                print()
+            if args.stats:
+                print(json.dumps(_stats(sample, i)), file=sys.stderr)
     return 0
+
+
+def _stats(sample, index: int) -> dict:
+    """One --stats line: which output, why it ended, and what the method did."""
+    return {"index": index, "finish_reason": sample.finish_reason, **sample.stats.as_dict()}
 
 
 def _print_multiverse(outputs, args) -> int:
@@ -225,24 +293,87 @@ def _print_multiverse(outputs, args) -> int:
     return 0
 
 
+def _add_chat(sub) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="chat with a model (interactive, streaming, multi-turn)",
+        description="An interactive conversation rendered with the model's chat template. "
+        "/reset starts over, /exit or Ctrl-D quits, Ctrl-C stops the current answer. Reads "
+        "one user turn per line when standard input is not a terminal.",
+    )
+    _model_args(p)
+    p.add_argument("--system", help="system prompt (kept across /reset)")
+    _add_method_args(p)
+    p.add_argument("--draft", help="draft model for the draft methods")
+    p.add_argument("--heads", help="CP heads for the heads methods")
+    _add_sampling_args(p)
+    p.add_argument("--stats", action="store_true", help="print each answer's stats to stderr")
+    p.set_defaults(func=_chat, max_batch=1)
+
+
+def _chat(args) -> int:
+    from braid.chat_cli import run_chat
+
+    method = _method_config(args)
+    params = _sampling_params(args)
+    if params.n != 1:
+        raise BraidError("braid chat answers with one sample; use generate --chat --n N")
+    llm = _load(args, args.method)
+    llm.chat_template()  # a model without a template fails here, before the first question
+    return run_chat(llm, params, method, system=args.system, stats=args.stats)
+
+
 def _add_info(sub) -> None:
-    p = sub.add_parser("info", help="describe a model directory")
-    p.add_argument("--model", help="model directory (default: bundled target)")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "info",
+        help="describe a model (directory or .gguf)",
+        description="Architecture, size, weights and card of a model, read from its files "
+        "without loading it.",
+    )
+    p.add_argument("--model", help="model path or bundled name (default: the default model)")
+    p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=_info)
 
 
 def _info(args) -> int:
-    from braid.llm import bundled_model
-    from braid.model.info import describe
+    from braid.model.info import describe, format_info
+    from braid.model.registry import find_model
 
-    info = describe(args.model if args.model else bundled_model())
-    if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        width = max(map(len, info))
-        for key, value in info.items():
-            print(f"{key:<{width}}  {value}")
+    info = describe(find_model(args.model))
+    print(json.dumps(info, indent=2) if args.json else format_info(info))
+    return 0
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a GGUF file into a Hugging Face model directory",
+        description="Dequantize a GGUF file into a Hugging Face directory (model.safetensors, "
+        "config.json, generation_config.json, tokenizer.json, tokenizer_config.json with the "
+        "chat template) that braid and transformers load. Nothing is written unless the whole "
+        "directory is.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("gguf", help="the .gguf file")
+    p.add_argument("out", help="the directory to create (must not exist, or be empty)")
+    p.add_argument(
+        "--dtype",
+        choices=["fp32", "bf16", "fp16"],
+        default="fp32",
+        help="dtype of the written weights (fp32 holds every dequantized value exactly)",
+    )
+    p.set_defaults(func=_convert)
+
+
+def _convert(args) -> int:
+    from braid.model.gguf_cache import convert
+    from braid.model.loader import parse_dtype
+
+    path = Path(args.gguf)
+    if not path.is_file():
+        raise BraidError(f"{path}: no such file")
+    out = convert(path, args.out, parse_dtype(args.dtype))
+    print(f"wrote {out}")
     return 0
 
 
@@ -253,7 +384,7 @@ def _add_models(sub) -> None:
 
 
 def _models(args) -> int:
-    from braid.llm import ASSETS
+    from braid.model.registry import ASSETS
 
     found = sorted(d for d in ASSETS.glob("*") if (d / "config.json").exists())
     if not found:
@@ -293,7 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"braid {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_generate(sub)
+    _add_chat(sub)
     _add_info(sub)
+    _add_convert(sub)
     _add_models(sub)
     # these modules import their heavy dependencies (transformers) only when run
     from braid.bench.cli import add_parser as add_bench
@@ -310,10 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, BraidWarning):
+        print(f"braid: warning: {message}", file=sys.stderr)
+    else:
+        print(warnings.formatwarning(message, category, filename, lineno, line), file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # for reports: the exact command
+    warnings.showwarning = _one_line_warning
     try:
         return args.func(args)
     except BraidError as e:

@@ -2,48 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from braid.chat import ChatTemplate
 from braid.engine.engine import Engine
 from braid.engine.request import RequestOutput
-from braid.errors import InvalidRequestError, ModelLoadError
-from braid.methods import DRAFT_METHODS, HEADS_METHODS, METHODS, make_method
+from braid.errors import BraidError, InvalidRequestError, ModelLoadError
+from braid.methods import DRAFT_METHODS, HEADS_METHODS, make_method
+from braid.methods.config import OPTIONS, MethodConfig, method_config
 from braid.model.loader import load_model
+from braid.model.registry import (
+    BUNDLED_HEADS,
+    DEFAULT,
+    bundled_model,
+    find_model,
+    is_code_model,
+)
 from braid.model.tokenizer import Tokenizer
 from braid.model.transformer import Transformer
 from braid.sampling import SamplingParams
-
-ASSETS = Path(__file__).parent / "assets" / "models"
-BUNDLED_HEADS = ASSETS.parent / "heads" / "n4-r1"  # the bundled target's default CP heads
-
-
-def bundled_model(name: str = "target") -> Path:
-    """Path of a model shipped inside the package (`target`, `draft`)."""
-    path = ASSETS / name
-    if not (path / "config.json").exists():
-        raise ModelLoadError(
-            f"the bundled {name!r} model is not installed at {path}; pass a model directory "
-            "(LLM(model=DIR) or --model DIR)"
-        )
-    return path
 
 
 class LLM:
     """A loaded model ready to generate.
 
-    model: a Hugging Face-format directory (or cache entry); None = the bundled default.
+    model: a Hugging Face-format directory (or cache entry), a `.gguf` file (or a directory
+    holding one), a bundled model's name (`braid models`), or None: the default model,
+    SmolLM2-135M-Instruct.
     dtype: "bf16", "fp16", "fp32" or None (bf16 where the CPU has native bf16, else fp32).
     threads: torch CPU threads; None = all cores.
     max_batch: how many requests run at once (continuous batching admits the rest as they leave).
-    draft: the draft model directory for `spec` / `block` (default: the bundled draft), loaded
-    on first use; it must share the target's tokenizer on every id both have.
+    draft: the draft model for `spec` / `block` / `mtad` / `mtad-tree`, loaded on first use; it
+    must share the target's tokenizer on every id both have. Default: the bundled draft for the
+    bundled code model; other models need one named.
     heads: CP heads directory for `heads` / `heads-block` / `heads-tree` (`braid
-    train-heads`); default: the bundled heads when the model is the bundled target. Loaded and
-    checked here.
+    train-heads`); default: the bundled heads for the bundled code model. Loaded and checked
+    here.
     """
 
     def __init__(
@@ -58,9 +60,8 @@ class LLM:
         if threads is not None and threads < 1:
             raise InvalidRequestError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        self.model, self.model_dir = load_model(
-            model if model is not None else bundled_model(), dtype
-        )
+        self.model, self.model_dir = load_model(find_model(model), dtype)
+        self.name = DEFAULT.name if model is None else Path(str(model)).name
         self.tokenizer = Tokenizer(self.model_dir)
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise ModelLoadError(
@@ -71,20 +72,41 @@ class LLM:
             raise InvalidRequestError(f"max_batch must be >= 1, got {max_batch}")
         self.max_batch = max_batch
         self.dtype = self.model.dtype
+        # sampling defaults the model ships (vLLM's generation_config="auto"); callers' values win
+        self.generation_defaults = read_generation_config(Path(self.model_dir))
+        self._chat_template: ChatTemplate | None = None
+        self.last_stream_output: RequestOutput | None = None
         self._draft_path = draft
         self._draft: Transformer | None = None
         # heads given explicitly are checked now; the bundled default loads on first use
         self._heads = None if heads is None else self._load_heads(heads)
-        is_target = Path(self.model_dir).resolve() == (ASSETS / "target").resolve()
-        self._default_heads = is_target and (BUNDLED_HEADS / "heads.json").exists()
+        self._code_model = is_code_model(self.model_dir)
+        self._default_heads = self._code_model and (BUNDLED_HEADS / "heads.json").exists()
 
     def draft_model(self) -> Transformer:
         if self._draft is None:
-            path = self._draft_path if self._draft_path is not None else bundled_model("draft")
+            path = self._draft_path
+            if path is None and not self._code_model:
+                raise ModelLoadError(
+                    f"no draft model ships for {self.name} yet: pass one (--draft DIR, "
+                    "LLM(..., draft=DIR)) that shares its tokenizer"
+                )
+            path = path if path is not None else bundled_model("draft")
             draft, draft_dir = load_model(path, self.dtype)
             check_shared_vocabulary(self.tokenizer, Tokenizer(draft_dir), draft_dir)
             self._draft = draft
         return self._draft
+
+    def heads(self):
+        """The CP heads of the heads methods: given, or the bundled code model's."""
+        if self._heads is None and self._default_heads:
+            self._heads = self._load_heads(BUNDLED_HEADS)
+        if self._heads is None:
+            raise ModelLoadError(
+                f"no CP heads ship for {self.name} yet: train them with `braid train-heads` and "
+                "pass them (--heads DIR, LLM(..., heads=DIR))"
+            )
+        return self._heads
 
     def _load_heads(self, path: str | Path):
         from braid.heads.io import load_heads
@@ -92,37 +114,17 @@ class LLM:
         c = self.model.config
         return load_heads(path, hidden_size=c.hidden_size, vocab_size=c.vocab_size)
 
-    def _engine(
-        self,
-        method: str,
-        gamma: int | str = 4,
-        beams: int = 4,
-        tau: float = 0.5,
-        max_paths: int = 16,
-        max_depth: int = 4,
-    ) -> Engine:
-        if gamma == "auto":
-            if method not in DRAFT_METHODS:
-                raise InvalidRequestError(
-                    f"gamma='auto' (adaptive) is for the draft-model methods "
-                    f"{', '.join(DRAFT_METHODS)}, not {method!r}"
-                )
-        elif not isinstance(gamma, int) or gamma < 1:
-            raise InvalidRequestError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")
-        if beams < 1 or not tau > 0:
-            raise InvalidRequestError(f"need beams >= 1 and tau > 0; got {beams}, {tau}")
-        if method not in METHODS:
-            raise InvalidRequestError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    def _engine(self, method: str | MethodConfig) -> Engine:
+        config = method_config(method)
+        method = config.name
         draft = self.draft_model() if method in DRAFT_METHODS else None
         heads = None
         if method in HEADS_METHODS:
-            if self._heads is None and self._default_heads:
-                self._heads = self._load_heads(BUNDLED_HEADS)
-            heads = self._heads
+            heads = self.heads()
         return Engine(
             self.model,
             self.tokenizer,
-            make_method(method, draft, gamma, beams, tau, max_paths, max_depth, heads=heads),
+            make_method(config, draft=draft, heads=heads),
             self.max_batch,
         )
 
@@ -130,31 +132,26 @@ class LLM:
         self,
         prompts: str | Sequence[str] | Sequence[Sequence[int]],
         params: SamplingParams | Sequence[SamplingParams] | None = None,
-        method: str = "ar",
+        method: str | MethodConfig = "ar",
         use_tqdm: bool = False,
-        gamma: int | str = 4,
-        beams: int = 4,
-        tau: float = 0.5,
-        max_paths: int = 16,
-        max_depth: int = 4,
+        **legacy: Any,
     ) -> list[RequestOutput]:
-        """Generate for every prompt (text, or a list of token ids); outputs in prompt order.
+        """Generate for every prompt (text, or a list of token ids); outputs in prompt order,
+        each with its `SamplingParams.n` samples in `outputs` (`text` etc. are sample 0's).
 
-        method: "ar"; "spec" / "block": draft-model speculative decoding with token-level or
+        method: a `MethodConfig` (options in its docstring), or a method's name with default
+        options. "ar"; "spec" / "block": draft-model speculative decoding with token-level or
         block verification (exact: the output distribution of "ar"); "mtad" / "mtad-tree": the
         draft beam-samples (`beams` beams) and the target keeps the longest draft prefix whose
         joint probability ratio exceeds `tau` (lossy by design; equal to "ar" at temperature 0).
         "heads" / "heads-block": CP heads (`heads=DIR`) draft n - 1 tokens from the target's
         own hidden state, verified token-level / block (exact); "heads-tree": for greedy requests
         the heads draft a tree of `gamma` candidates (their fitted template), verified in one
-        pass; sampled requests run "heads".
-        gamma: drafted tokens per target pass (heads-tree: tree nodes); "auto" (spec, block,
-        mtad, mtad-tree) adapts it per request from its acceptance (+2 after a fully accepted
-        draft, -1 after a rejection, 1..8).
-        "multiverse": the model forks its own parallel paths (`</Goal>` with numbered outlines);
-        blocks with more than `max_paths` paths or
-        nested deeper than `max_depth` decode sequentially; max_tokens bounds the critical path
-        and SamplingParams.max_total_tokens all tokens (see braid.methods.multiverse).
+        pass; sampled requests run "heads". "multiverse": the model forks its own parallel paths
+        (`</Goal>` with numbered outlines); max_tokens bounds the critical path and
+        SamplingParams.max_total_tokens all tokens (see braid.methods.multiverse).
+        legacy: gamma=, beams=, tau=, max_paths=, max_depth= (deprecated; kept for one release)
+        override the config's options.
         """
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
@@ -165,12 +162,13 @@ class LLM:
             params = [params] * len(prompts)
         if len(params) != len(prompts):
             raise InvalidRequestError(f"{len(params)} SamplingParams for {len(prompts)} prompts")
-        engine = self._engine(method, gamma, beams, tau, max_paths, max_depth)
+        params = [p.with_defaults(self.generation_defaults) for p in params]
+        engine = self._engine(_with_legacy_options(method, legacy))
         progress = None
         if use_tqdm:
             from tqdm import tqdm
 
-            progress = tqdm(total=len(prompts), desc="generate", unit="req")
+            progress = tqdm(total=sum(p.n for p in params), desc="generate", unit="sample")
         try:
             return engine.generate(prompts, params, progress)
         finally:
@@ -181,25 +179,134 @@ class LLM:
         self,
         prompt: str | Sequence[int],
         params: SamplingParams | None = None,
-        method: str = "ar",
-        gamma: int | str = 4,
-        beams: int = 4,
-        tau: float = 0.5,
-        max_paths: int = 16,
-        max_depth: int = 4,
+        method: str | MethodConfig = "ar",
+        **legacy: Any,
     ) -> Iterator[str]:
-        """Yield text deltas as they are generated; never splits a multi-byte character."""
-        engine = self._engine(method, gamma, beams, tau, max_paths, max_depth)
-        req = engine.add_request(prompt, params or SamplingParams())
+        """Yield text deltas as they are generated; never splits a multi-byte character.
+
+        One sample only (n = 1): interleaved deltas of several would not read as text. `method`
+        and `legacy` as in `generate`; the output with stats is `last_stream_output` after."""
+        params = (params or SamplingParams()).with_defaults(self.generation_defaults)
+        if params.n != 1:
+            raise InvalidRequestError(f"stream yields one sample; use generate for n={params.n}")
+        engine = self._engine(_with_legacy_options(method, legacy))
+        req = engine.add_request(prompt, params)
         try:
             while engine.has_unfinished:
                 engine.step()
                 delta = req.take_delta()
                 if delta:
                     yield delta
-        finally:
+        finally:  # also when the caller stops early: free the request, keep what it produced
             engine.abort_all()
-        self.last_stream_output = req.output()
+            self.last_stream_output = req.output()
+
+    # -- chat ---------------------------------------------------------------------------------
+    def chat_template(self) -> ChatTemplate:
+        """The model's chat template (tokenizer_config.json, chat_template.jinja or GGUF)."""
+        if self._chat_template is None:
+            self._chat_template = ChatTemplate.from_model_dir(
+                Path(self.model_dir), **self.tokenizer.special_token_texts()
+            )
+        return self._chat_template
+
+    def chat_prompt(
+        self,
+        messages: Sequence[dict],
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+    ) -> list[int]:
+        """Token ids of a conversation rendered by the chat template (as `transformers`'
+        `apply_chat_template(..., tokenize=True)`: the template writes any bos itself)."""
+        template = self.chat_template()
+        if chat_template is not None:
+            template = ChatTemplate(chat_template, **self.tokenizer.special_token_texts())
+        text = template.render(list(messages), add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.encode(text, special=False)
+
+    def chat(
+        self,
+        messages: Sequence[dict] | Sequence[Sequence[dict]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        method: str | MethodConfig = "ar",
+        use_tqdm: bool = False,
+        add_generation_prompt: bool = True,
+        chat_template: str | None = None,
+    ) -> list[RequestOutput]:
+        """Answer one conversation (a list of {"role", "content"} messages) or several, as
+        vLLM's `LLM.chat`: rendered by the chat template, stopped at its end-of-turn token."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        if not conversations:
+            raise InvalidRequestError("no conversation given")
+        prompts = [self.chat_prompt(c, add_generation_prompt, chat_template) for c in conversations]
+        if params is None or isinstance(params, SamplingParams):
+            params = [params or SamplingParams()] * len(prompts)
+        return self.generate(prompts, [self._end_turn(p) for p in params], method, use_tqdm)
+
+    def stream_chat(
+        self,
+        messages: Sequence[dict],
+        params: SamplingParams | None = None,
+        method: str | MethodConfig = "ar",
+    ) -> Iterator[str]:
+        """`stream` for one conversation: text deltas of the assistant's answer."""
+        ids = self.chat_prompt(messages)
+        return self.stream(ids, self._end_turn(params or SamplingParams()), method)
+
+    def _end_turn(self, params: SamplingParams) -> SamplingParams:
+        """`params` that also stop at the template's end-of-turn token (e.g. <|im_end|>)."""
+        eot = end_of_turn_ids(self.chat_template(), self.tokenizer)
+        extra = tuple(t for t in eot if t not in params.stop_token_ids)
+        if not extra:
+            return params
+        out = replace(params, stop_token_ids=(*params.stop_token_ids, *extra))
+        out.unset = params.unset  # still open to the model's generation defaults
+        return out
+
+
+def read_generation_config(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / "generation_config.json"
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{path}: not a JSON object ({e})") from None
+
+
+def end_of_turn_ids(template: ChatTemplate, tokenizer: Tokenizer) -> tuple[int, ...]:
+    """The special token a template writes right after an assistant message: that is where the
+    model learnt to end its turn. Found by rendering a two-message conversation; () if none."""
+    marker = "\u2063braid\u2063"  # text no template adds on its own
+    try:
+        text = template.render(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
+            add_generation_prompt=False,
+        )
+    except BraidError:
+        return ()
+    if marker not in text:
+        return ()
+    after = tokenizer.encode(text.split(marker, 1)[1], special=False)
+    special = tokenizer.special_ids()
+    return tuple(t for t in after[:3] if t in special)[:1]
+
+
+def _with_legacy_options(method: str | MethodConfig, legacy: dict[str, Any]) -> MethodConfig:
+    """The method's config with the deprecated per-option keywords of `generate` folded in."""
+    config = method_config(method)
+    if not legacy:
+        return config
+    unknown = sorted(legacy.keys() - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r}")
+    warnings.warn(
+        f"{', '.join(f'{k}=' for k in legacy)} are deprecated: pass "
+        f"method=MethodConfig({config.name!r}, ...) instead",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return replace(config, **legacy)
 
 
 def check_shared_vocabulary(target: Tokenizer, draft: Tokenizer, draft_dir: Path) -> None:
