@@ -1,4 +1,4 @@
-"""The models shipped inside the package: loadable by braid and transformers alike, default."""
+"""The models shipped inside the package: loadable by braid and transformers alike, by name."""
 
 import json
 import subprocess
@@ -15,7 +15,7 @@ from braid.model.batch import Append, build_batch
 PROMPT = "import os\n\n\ndef main():\n"
 
 
-@pytest.mark.parametrize("name", ["target", "draft"])
+@pytest.mark.parametrize("name", ["code-23m", "code-draft-2m"])
 def test_bundled_model_logits_match_transformers(name):
     import transformers as tf
 
@@ -33,19 +33,19 @@ def test_bundled_model_logits_match_transformers(name):
     assert LLM(path, dtype="fp32").tokenizer.encode(PROMPT) == ids
 
 
-def test_default_model_is_the_bundled_target_and_seeded_generation_is_deterministic():
-    llm = LLM()
-    assert llm.model_dir == bundled_model("target")
+def test_bundled_models_load_by_name_and_seeded_generation_is_deterministic():
+    llm = LLM("code-23m")
+    assert llm.model_dir == bundled_model("code-23m")
     params = SamplingParams(max_tokens=32, temperature=0.8, seed=7)
     first = llm.generate(PROMPT, params)[0]
-    again = LLM().generate(PROMPT, params)[0]
+    again = LLM("code-23m").generate(PROMPT, params)[0]
     assert first.token_ids == again.token_ids and first.text == again.text
     assert len(first.token_ids) > 0
 
 
 def test_draft_and_target_share_the_tokenizer():
-    a = json.loads((bundled_model("target") / "tokenizer.json").read_text())["model"]["vocab"]
-    b = json.loads((bundled_model("draft") / "tokenizer.json").read_text())["model"]["vocab"]
+    a = json.loads((bundled_model("code-23m") / "tokenizer.json").read_text())["model"]["vocab"]
+    b = json.loads((bundled_model("code-draft-2m") / "tokenizer.json").read_text())["model"]["vocab"]
     assert a == b
 
 
@@ -58,14 +58,17 @@ def test_models_command_lists_every_bundled_model_with_its_card():
     )
     assert r.returncode == 0, r.stderr
     cards = {c["model"]: c for c in json.loads(r.stdout)}
-    assert set(cards) >= {"target", "draft", "multiverse"}
+    assert list(cards) == ["smollm2", "code-23m", "code-draft-2m", "multiverse-arith"]
     from braid.model.info import describe
 
     for card in cards.values():  # the card's numbers describe the weights that ship
         assert card["parameters"] == describe(card["path"])["parameters"]
-    assert cards["target"]["val_ppl"] > 1 and cards["draft"]["val_ppl"] > 1
-    assert cards["multiverse"]["evaluation"]["quality"]["multiverse"]["validity"] > 0.9
-    assert cards["target"]["parameters"] > 5 * cards["draft"]["parameters"]
+        assert card["license"].lower() == "apache-2.0" and card["source"]
+    assert cards["smollm2"]["name"] == "SmolLM2-135M-Instruct"
+    code, draft = cards["code-23m"], cards["code-draft-2m"]
+    assert code["val_ppl"] > 1 and draft["val_ppl"] > 1
+    assert cards["multiverse-arith"]["evaluation"]["quality"]["multiverse"]["validity"] > 0.9
+    assert code["parameters"] > 5 * draft["parameters"]
 
 
 @pytest.mark.parametrize("method", ["heads", "heads-tree"])
@@ -75,7 +78,7 @@ def test_shipped_heads_load_by_default_and_keep_greedy_output(method):
     from braid.heads.tree import check_template
     from braid.llm import BUNDLED_HEADS
 
-    llm = LLM(dtype="fp32")
+    llm = LLM("code-23m", dtype="fp32")
     params = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
     out = llm.generate(PROMPT, params, method=method)[0]
     assert out.token_ids == llm.generate(PROMPT, params)[0].token_ids
@@ -83,5 +86,5 @@ def test_shipped_heads_load_by_default_and_keep_greedy_output(method):
     config = json.loads((BUNDLED_HEADS / "heads.json").read_text())
     assert len(check_template(config["tree"])) == len(config["tree_tokens"]) == 32
     # named by its path (as `braid bench --config bundled` does), the target has them too
-    by_path = LLM(bundled_model("target"), dtype="fp32").generate(PROMPT, params, method=method)
+    by_path = LLM(bundled_model("code-23m"), dtype="fp32").generate(PROMPT, params, method=method)
     assert by_path[0].token_ids == out.token_ids

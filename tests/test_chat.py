@@ -10,7 +10,7 @@ import braid
 from braid.chat import ChatTemplate, load_chat_template
 from braid.errors import InvalidRequestError, ModelLoadError
 
-TOKENIZER = Path(braid.__file__).parent / "assets/models/target/tokenizer.json"
+TOKENIZER = Path(braid.__file__).parent / "assets/models/code-23m/tokenizer.json"
 BOS, EOS = "<|begin_of_text|>", "<|endoftext|>"
 
 SMOLLM2 = (

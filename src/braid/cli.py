@@ -216,7 +216,7 @@ def _load(args, method: str):
             "'multiverse' (arithmetic tasks). Pass --model to choose.",
             file=sys.stderr,
         )
-        model = bundled_model("multiverse")
+        model = bundled_model("multiverse-arith")
     return LLM(
         model,
         dtype=args.dtype,
@@ -378,34 +378,34 @@ def _convert(args) -> int:
 
 
 def _add_models(sub) -> None:
-    p = sub.add_parser("models", help="list the models bundled with braid")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "models",
+        help="list the models braid names without a path",
+        description="The default model and the small models bundled with braid (fast test "
+        "fixtures and fully offline use): where each comes from, its licence and size. Any of "
+        "these names works as --model NAME.",
+    )
+    p.add_argument("--json", action="store_true", help="the full model cards as JSON")
     p.set_defaults(func=_models)
 
 
 def _models(args) -> int:
-    from braid.model.registry import ASSETS
+    from braid.model.registry import model_cards
 
-    found = sorted(d for d in ASSETS.glob("*") if (d / "config.json").exists())
-    if not found:
-        raise BraidError(f"no bundled models installed under {ASSETS}")
-    cards = []
-    for d in found:
-        card_file = d / "braid_card.json"
-        card = json.loads(card_file.read_text()) if card_file.exists() else {}
-        size = sum(f.stat().st_size for f in d.glob("*.safetensors"))
-        cards.append({"model": d.name, "path": str(d), "weights_mb": round(size / 1e6, 1), **card})
+    cards = model_cards()
     if args.json:
         print(json.dumps(cards, indent=2))
         return 0
-    print(f"{'model':<10} {'name':<18} {'params':>8} {'quality':>16} {'MB':>6}  path")
+    print(
+        f"{'model':<17} {'name':<22} {'params':>7} {'quality':>15} {'MB':>6} {'licence':<10} path"
+    )
     for c in cards:
         params = f"{c['parameters'] / 1e6:.1f}M" if "parameters" in c else "?"
         print(
-            f"{c['model']:<10} {c.get('name', '?'):<18} {params:>8} {_quality(c):>16} "
-            f"{c['weights_mb']:>6}  {c['path']}"
+            f"{c['model']:<17} {c.get('name', '?'):<22} {params:>7} {_quality(c):>15} "
+            f"{c.get('weights_mb', '?'):>6} {c.get('license', '?'):<10} {c['path']}"
         )
-    print("(braid models --json for the full model cards)")
+    print("(braid models --json for the full cards, with sources)")
     return 0
 
 

@@ -91,7 +91,7 @@ class LLM:
                     f"no draft model ships for {self.name} yet: pass one (--draft DIR, "
                     "LLM(..., draft=DIR)) that shares its tokenizer"
                 )
-            path = path if path is not None else bundled_model("draft")
+            path = path if path is not None else bundled_model("code-draft-2m")
             draft, draft_dir = load_model(path, self.dtype)
             check_shared_vocabulary(self.tokenizer, Tokenizer(draft_dir), draft_dir)
             self._draft = draft

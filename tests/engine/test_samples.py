@@ -67,7 +67,7 @@ def test_first_tokens_of_many_samples_follow_the_bundled_targets_distribution():
     """
     import transformers as tf
 
-    path = bundled_model("target")
+    path = bundled_model("code-23m")
     prompt = "import os\n\n\ndef main():\n"
     ref = tf.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     llm = LLM(path, dtype="fp32", max_batch=8)
@@ -90,8 +90,8 @@ def test_first_tokens_of_many_samples_follow_the_bundled_targets_distribution():
 def bundled_llms():
     """The bundled code model (its draft and heads ship too) and the Multiverse model."""
     return {
-        "code": LLM(bundled_model("target"), dtype="fp32", max_batch=4),
-        "multiverse": LLM(bundled_model("multiverse"), dtype="fp32", max_batch=4),
+        "code": LLM(bundled_model("code-23m"), dtype="fp32", max_batch=4),
+        "multiverse": LLM(bundled_model("multiverse-arith"), dtype="fp32", max_batch=4),
     }
 
 

@@ -180,9 +180,10 @@ def test_sampling_matches_the_target_distribution(llama_dir, heads_dir, method):
 
 
 def test_heads_need_heads(llama_dir):
-    from braid import InvalidRequestError
+    """Only the bundled code model has default heads; any other model must name them."""
+    from braid import ModelLoadError
 
-    with pytest.raises(InvalidRequestError, match="heads=DIR"):
+    with pytest.raises(ModelLoadError, match="no CP heads ship for .*--heads DIR"):
         LLM(llama_dir, dtype="fp32").generate("hi", method="heads")
 
 

@@ -24,7 +24,7 @@ from braid.multiverse.tasks import (
     to_multiverse,
 )
 
-TARGET = Path(__file__).parents[2] / "src/braid/assets/models/target/tokenizer.json"
+TARGET = Path(__file__).parents[2] / "src/braid/assets/models/code-23m/tokenizer.json"
 _SAFE = re.compile(r"^[A-Za-z0-9_ +\-*(),]+$")
 
 

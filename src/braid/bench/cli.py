@@ -157,13 +157,13 @@ def _bench(args) -> int:
     models: list[tuple[str, Path]] = [(Path(m).name, Path(m)) for m in args.model]
     for name in args.config:
         if name == "bundled":
-            models.append(("bundled-target", bundled_model("target")))
+            models.append(("bundled-target", bundled_model("code-23m")))
         elif name in CONFIGS:
             models.append((name, random_checkpoint(name, Path(args.cache_dir) / name)))
         else:
             raise BraidError(f"unknown --config {name!r}; choose {', '.join(CONFIGS)} or bundled")
     if not models:  # like `braid generate`: the bundled default model
-        models.append(("bundled-target", bundled_model("target")))
+        models.append(("bundled-target", bundled_model("code-23m")))
     texts = None
     if args.prompts == "specbench":
         texts = prompts.specbench(args.specbench, args.prompt_count)

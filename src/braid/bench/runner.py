@@ -188,9 +188,9 @@ def bench_model(
     if peer != "none":
         assistant = None
         if peer == "transformers-assisted":
-            assistant = draft if draft is not None else bundled_model("draft")
-        ref = Peer(model_dir, llm.model.dtype, assistant, gamma)
-    streamed = streamed_weight_bytes(model_dir)
+            assistant = draft if draft is not None else bundled_model("code-draft-2m")
+        ref = Peer(Path(llm.model_dir), llm.model.dtype, assistant, gamma)
+    streamed = streamed_weight_bytes(Path(llm.model_dir))  # a .gguf: its converted directory
     braid_bytes = llm.model.weight_bytes()
     if texts is None:  # random ids: one batch of `batch` prompts per timed call
         sets = {

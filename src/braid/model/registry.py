@@ -17,7 +17,9 @@ from braid.errors import ModelLoadError
 
 ASSETS = Path(__file__).parents[1] / "assets" / "models"
 BUNDLED_HEADS = ASSETS.parent / "heads" / "n4-r1"  # the bundled code model's default CP heads
-CODE_MODEL = "target"  # the bundled 23M model trained on Python code (its draft is "draft")
+CODE_MODEL = "code-23m"  # the bundled 23M model trained on Python code
+CODE_DRAFT = "code-draft-2m"  # its draft, distilled from it
+MULTIVERSE_MODEL = "multiverse-arith"  # the Multiverse model of the arithmetic task family
 
 
 @dataclass(frozen=True)
@@ -99,3 +101,39 @@ def find_model(spec: str | Path | None) -> Path:
 def is_code_model(model_dir: Path) -> bool:
     """True for the bundled code model, whose draft and heads ship with braid."""
     return Path(model_dir).resolve() == (ASSETS / CODE_MODEL).resolve()
+
+
+def model_cards() -> list[dict]:
+    """Every model braid names without a path: the default first, then the bundled ones, each
+    with where it comes from, its licence and its card (`braid models`)."""
+    import json
+
+    try:
+        path: Path | None = default_model_file()
+    except ModelLoadError:
+        path = None
+    default = {
+        "model": DEFAULT_ALIASES[1],
+        "name": DEFAULT.name,
+        "role": "default model (chat)",
+        "license": DEFAULT.licence,
+        "source": DEFAULT.source,
+        "path": str(path) if path else f"not installed: {DEFAULT.install}",
+    }
+    if path is not None:
+        from braid.model.info import describe
+
+        info = describe(path)
+        default.update(parameters=info["parameters"], weights=info["weights"])
+        default["weights_mb"] = info["weights_mb"]
+    cards = [default]
+    for d in sorted(d for d in ASSETS.glob("*") if (d / "config.json").exists()):
+        card_file = d / "braid_card.json"
+        card = json.loads(card_file.read_text()) if card_file.exists() else {}
+        size = sum(f.stat().st_size for f in d.glob("*.safetensors"))
+        source = "trained here by braid (see its README.md)"
+        cards.append(
+            {"model": d.name, "path": str(d), "weights_mb": round(size / 1e6, 1), "source": source}
+            | card
+        )
+    return cards
