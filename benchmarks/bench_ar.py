@@ -14,7 +14,7 @@ OUT = ROOT / "benchmarks" / "results" / "ar_cpu.md"
 
 if __name__ == "__main__":
     configs = ["llama-30m", "llama-120m"]
-    if (ROOT / "src/braid/assets/models/target/config.json").exists():
+    if (ROOT / "src/braid/assets/models/code-23m/config.json").exists():
         configs.append("bundled")
     args = ["bench", "--methods", "ar", "--peer", "transformers", "--batch", "1,8"]
     args += ["--prompt-len", "64", "--new-tokens", "256", "--runs", "3", "--dtype", "bf16"]
