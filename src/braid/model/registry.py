@@ -90,11 +90,15 @@ def _sha256(path: Path, size: int, mtime_ns: int) -> str:  # once per file state
 
 def find_model(spec: str | Path | None) -> Path:
     """A model named by path, bundled name or nothing (the default) -> the path to load."""
-    if spec is None or (isinstance(spec, str) and spec.lower() in DEFAULT_ALIASES):
+    if spec is None:
         return default_model_file()
     path = Path(spec).expanduser()
-    if not path.exists() and isinstance(spec, str) and "/" not in spec and (ASSETS / spec).is_dir():
-        return bundled_model(spec)
+    if path.exists() or len(path.parts) != 1:  # a path wins over a name
+        return path
+    if str(spec).lower() in DEFAULT_ALIASES:
+        return default_model_file()
+    if (ASSETS / str(spec)).is_dir():
+        return bundled_model(str(spec))
     return path
 
 
