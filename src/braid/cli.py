@@ -238,7 +238,7 @@ def _generate(args) -> int:
         system = [{"role": "system", "content": args.system}] if args.system else []
         conversations = [[*system, {"role": "user", "content": p}] for p in prompts]
         prompts = [llm.chat_prompt(c) for c in conversations]
-        params = llm._end_turn(params)
+        params = llm.chat_params(params)
     multiverse = args.method == "multiverse"
     one = len(prompts) == 1 and params.n == 1
     if one and not args.json and not args.no_stream and not multiverse:

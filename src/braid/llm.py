@@ -218,11 +218,15 @@ class LLM:
     ) -> list[int]:
         """Token ids of a conversation rendered by the chat template (as `transformers`'
         `apply_chat_template(..., tokenize=True)`: the template writes any bos itself)."""
-        template = self.chat_template()
-        if chat_template is not None:
-            template = ChatTemplate(chat_template, **self.tokenizer.special_token_texts())
-        text = template.render(list(messages), add_generation_prompt=add_generation_prompt)
+        text = self._template(chat_template).render(
+            list(messages), add_generation_prompt=add_generation_prompt
+        )
         return self.tokenizer.encode(text, special=False)
+
+    def _template(self, source: str | None) -> ChatTemplate:
+        if source is None:
+            return self.chat_template()
+        return ChatTemplate(source, **self.tokenizer.special_token_texts())
 
     def chat(
         self,
@@ -241,7 +245,9 @@ class LLM:
         prompts = [self.chat_prompt(c, add_generation_prompt, chat_template) for c in conversations]
         if params is None or isinstance(params, SamplingParams):
             params = [params or SamplingParams()] * len(prompts)
-        return self.generate(prompts, [self._end_turn(p) for p in params], method, use_tqdm)
+        template = self._template(chat_template)
+        params = [self.chat_params(p, template) for p in params]
+        return self.generate(prompts, params, method, use_tqdm)
 
     def stream_chat(
         self,
@@ -251,11 +257,14 @@ class LLM:
     ) -> Iterator[str]:
         """`stream` for one conversation: text deltas of the assistant's answer."""
         ids = self.chat_prompt(messages)
-        return self.stream(ids, self._end_turn(params or SamplingParams()), method)
+        params = self.chat_params(params or SamplingParams())
+        return self.stream(ids, params, method)
 
-    def _end_turn(self, params: SamplingParams) -> SamplingParams:
+    def chat_params(
+        self, params: SamplingParams, template: ChatTemplate | None = None
+    ) -> SamplingParams:
         """`params` that also stop at the template's end-of-turn token (e.g. <|im_end|>)."""
-        eot = end_of_turn_ids(self.chat_template(), self.tokenizer)
+        eot = end_of_turn_ids(template or self.chat_template(), self.tokenizer)
         extra = tuple(t for t in eot if t not in params.stop_token_ids)
         if not extra:
             return params

@@ -1,0 +1,49 @@
+"""Every method under chat: a conversation rendered by a template, stopped at its end-of-turn
+token, gives `ar`'s greedy answer with the exact methods (fp32) and with MTAD (greedy = ar)."""
+
+from __future__ import annotations
+
+import pytest
+
+from braid import LLM, MethodConfig, SamplingParams
+from braid.llm import end_of_turn_ids
+from braid.model.registry import BUNDLED_HEADS, bundled_model
+
+TEMPLATE = (
+    "{% for m in messages %}# {{ m['role'] }}: {{ m['content'] }}\n{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}# assistant:\n{% endif %}"
+)
+CONVERSATION = [
+    {"role": "system", "content": "You write Python."},
+    {"role": "user", "content": "import os\n\ndef main():"},
+]
+
+
+@pytest.fixture(scope="module")
+def code_llm():
+    return LLM(
+        "code-23m", dtype="fp32", draft=bundled_model("code-draft-2m"), heads=BUNDLED_HEADS
+    )
+
+
+@pytest.mark.parametrize(
+    "method", ["spec", "block", "mtad", "mtad-tree", "heads", "heads-block", "heads-tree"]
+)
+def test_every_method_answers_a_chat_as_ar_does(code_llm, method):
+    params = SamplingParams(max_tokens=24, temperature=0)
+    ar = code_llm.chat(CONVERSATION, params, chat_template=TEMPLATE)[0]
+    out = code_llm.chat(
+        CONVERSATION, params, method=MethodConfig(method), chat_template=TEMPLATE
+    )[0]
+    assert out.token_ids == ar.token_ids and out.text == ar.text
+    assert out.stats.passes < len(out.token_ids)  # drafts were kept: the method really ran
+
+
+def test_the_template_end_of_turn_stops_generation(code_llm):
+    from braid.chat import ChatTemplate
+
+    eos = code_llm.tokenizer.token_id("<|endoftext|>")
+    template = ChatTemplate(TEMPLATE, **code_llm.tokenizer.special_token_texts())
+    assert end_of_turn_ids(template, code_llm.tokenizer) == (eos,)
+    params = code_llm.chat_params(SamplingParams(max_tokens=8), template)
+    assert eos in params.stop_token_ids and "temperature" in params.unset
