@@ -44,8 +44,10 @@ def test_bundled_models_load_by_name_and_seeded_generation_is_deterministic():
 
 
 def test_draft_and_target_share_the_tokenizer():
-    a = json.loads((bundled_model("code-23m") / "tokenizer.json").read_text())["model"]["vocab"]
-    b = json.loads((bundled_model("code-draft-2m") / "tokenizer.json").read_text())["model"]["vocab"]
+    a, b = (
+        json.loads((bundled_model(name) / "tokenizer.json").read_text())["model"]["vocab"]
+        for name in ("code-23m", "code-draft-2m")
+    )
     assert a == b
 
 

@@ -12,7 +12,7 @@ from test_multiverse import Doc, flat
 from test_penalties import openai_penalties
 from transformers import RepetitionPenaltyLogitsProcessor
 
-from braid import LLM, SamplingParams
+from braid import LLM, MethodConfig, SamplingParams
 
 PROMPTS = ["The quick brown fox", "def", "Ünïcödé façade, naïve", "x", "emoji 🙂🚀"]
 PENALTIES = [
@@ -86,7 +86,7 @@ def test_ar_with_penalties_is_the_brute_force_greedy_loop(llm, llama_dir, kw):
 def test_greedy_with_penalties_is_token_identical_to_ar(llm, method, kw):
     params = params_for(kw)
     ar = llm.generate(PROMPTS, params)
-    out = llm.generate(PROMPTS, params, method=method, gamma=4)
+    out = llm.generate(PROMPTS, params, method=MethodConfig(method, gamma=4))
     assert [o.token_ids for o in out] == [a.token_ids for a in ar]
     stats = [o.stats for o in out]
     assert 0 < sum(s.accepted_tokens for s in stats) < sum(s.draft_tokens for s in stats)
@@ -151,7 +151,7 @@ def test_spec_sampling_with_penalties_matches_the_penalised_target(llm, llama_di
     params = [
         SamplingParams(max_tokens=2, top_k=4, seed=s, ignore_eos=True, **kw) for s in range(n)
     ]
-    outs = llm.generate([prompt] * n, params, method="spec", gamma=3)
+    outs = llm.generate([prompt] * n, params, method=MethodConfig("spec", gamma=3))
     counts: dict = {}
     for o in outs:
         counts[tuple(o.token_ids)] = counts.get(tuple(o.token_ids), 0) + 1 / n

@@ -4,7 +4,7 @@ import pytest
 import torch
 from helpers import hf_model, make_hf_model, noisy_copy
 
-from braid import LLM, InvalidRequestError, ModelLoadError, SamplingParams
+from braid import LLM, InvalidRequestError, MethodConfig, ModelLoadError, SamplingParams
 
 PROMPTS = ["The quick brown fox", "def", "Ünïcödé façade, naïve", "x", "emoji 🙂🚀"]
 
@@ -25,7 +25,7 @@ def test_greedy_is_token_identical_to_ar_with_continuous_batching(
         SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (9, 40, 3, 25, 17)
     ]
     ar = llm.generate(PROMPTS, params)
-    out = llm.generate(PROMPTS, params, method=method, gamma=gamma)
+    out = llm.generate(PROMPTS, params, method=MethodConfig(method, gamma=gamma))
     for a, o in zip(ar, out):
         assert o.token_ids == a.token_ids
     stats = [o.stats for o in out]
@@ -40,9 +40,9 @@ def test_greedy_is_token_identical_to_ar_with_continuous_batching(
 def test_adaptive_gamma_only_for_draft_methods(llama_dir, near_draft):
     llm = LLM(llama_dir, dtype="fp32", draft=near_draft)
     with pytest.raises(InvalidRequestError, match="auto"):
-        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=3), method="ar", gamma="auto")
+        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=3), method=MethodConfig("ar", "auto"))
     with pytest.raises(InvalidRequestError, match="gamma"):
-        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=3), method="spec", gamma=0)
+        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=3), method=MethodConfig("spec", 0))
 
 
 def exact_two_token_distribution(model_dir, prompt_ids, top_k):
@@ -77,7 +77,7 @@ def test_sampling_matches_the_target_distribution(llama_dir, tmp_path, method):
     exact = exact_two_token_distribution(llama_dir, prompt, top_k=4)
     n = 800
     params = [SamplingParams(max_tokens=2, top_k=4, seed=s, ignore_eos=True) for s in range(n)]
-    outs = llm.generate([prompt] * n, params, method=method, gamma=3)
+    outs = llm.generate([prompt] * n, params, method=MethodConfig(method, gamma=3))
     counts = {}
     for o in outs:
         counts[tuple(o.token_ids)] = counts.get(tuple(o.token_ids), 0) + 1
@@ -119,7 +119,7 @@ def test_accepted_counts_only_drafted_tokens_that_were_emitted(llama_dir, method
     params = SamplingParams(
         max_tokens=10, temperature=0, ignore_eos=True, stop_token_ids=[ids[end]]
     )
-    out = llm.generate(["def"], params, method=method, gamma=6)[0]
+    out = llm.generate(["def"], params, method=MethodConfig(method, gamma=6))[0]
     assert out.token_ids == ids[: end + 1]
     assert out.stats.draft_tokens == 6
     assert out.stats.accepted_tokens == end + 1
