@@ -231,3 +231,18 @@ def _set_first_tensor_type(data: bytearray, path, new_type: int) -> None:
     start = bytes(data).index(len(name).to_bytes(8, "little") + name)
     type_at = start + 8 + len(name) + 4 + 8 * len(t.shape)
     data[type_at : type_at + 4] = new_type.to_bytes(4, "little")
+
+
+def test_unsupported_architecture_names_it_and_the_supported_ones(tmp_path):
+    import gguf
+
+    path = tmp_path / "gemma.gguf"
+    w = gguf.GGUFWriter(str(path), "gemma")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ModelLoadError, match="'gemma' is not supported; braid runs llama, mistral"):
+        load_model(path, "fp32")
