@@ -120,3 +120,19 @@ def test_max_tokens_beyond_the_context_is_cut_and_said(tmp_path):
     stats = json.loads(r.stderr.splitlines()[-1])
     assert stats["finish_reason"] == "length"
     assert stats["prompt_tokens"] + stats["generated_tokens"] == 16
+
+
+def test_a_turn_that_fails_is_reported_and_the_chat_goes_on(chat_dir):
+    """A turn longer than the 256-token context: one error line, that turn dropped, next ok."""
+    long = " ".join(["word"] * 400)
+    r = braid(
+        "chat", "--model", str(chat_dir), "--dtype", "fp32", "--max-tokens", "3",
+        "--ignore-eos", stdin=f"{long}\nhello\n",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("braid: error:")]
+    assert len(errors) == 1 and "context" in errors[0]
+    llm = LLM(chat_dir, dtype="fp32")
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    expected = llm.chat([{"role": "user", "content": "hello"}], params)[0].text
+    assert r.stdout.strip().splitlines()[-1] == expected.strip()

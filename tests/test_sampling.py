@@ -146,3 +146,21 @@ def test_stop_token_ids_and_eos(llama_dir):
 def test_bad_parameters_raise_a_clear_error(kwargs, match):
     with pytest.raises(InvalidRequestError, match=match):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(presence_penalty=None),
+        dict(temperature="1"),
+        dict(top_k=2.5),
+        dict(max_tokens=2.5),
+        dict(n=True),
+        dict(stop_token_ids=["<|im_end|>"]),
+    ],
+)
+def test_wrong_types_are_clear_errors(bad):
+    from braid import InvalidRequestError, SamplingParams
+
+    with pytest.raises(InvalidRequestError, match=next(iter(bad))):
+        SamplingParams(**bad)

@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any, TextIO
 
+from braid.errors import BraidError
+
 HELP = "/reset: new conversation, /exit or Ctrl-D: quit, Ctrl-C: stop the answer"
 
 
@@ -65,6 +67,10 @@ def run_chat(
         except KeyboardInterrupt:
             stream.close()  # frees the request's cache; the partial answer is kept
             stdout.write(" [stopped]")
+        except BraidError as e:  # e.g. the conversation outgrew the context: this turn only
+            conversation.pop()
+            print(f"braid: error: {e} (/reset starts over)", file=sys.stderr)
+            continue
         stdout.write("\n")
         stdout.flush()
         conversation.append({"role": "assistant", "content": "".join(answer)})

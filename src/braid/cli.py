@@ -27,8 +27,8 @@ class _Parser(argparse.ArgumentParser):
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
-        help="Hugging Face-format model directory (default: the bundled target; with "
-        "--method multiverse the bundled Multiverse model)",
+        help="a Hugging Face directory, a .gguf file, or a name from `braid models` (default: "
+        "SmolLM2-135M-Instruct; with --method multiverse the bundled multiverse-arith)",
     )
     p.add_argument(
         "--dtype",
@@ -111,12 +111,16 @@ def _add_generate(sub) -> None:
     p.add_argument("--prompt", action="append", help="a prompt (repeat for a batch)")
     p.add_argument("--prompts-file", help="file with one prompt per line, or .jsonl with 'prompt'")
     _add_method_args(p)
-    p.add_argument("--draft", help="draft model directory (default: the bundled draft)")
+    p.add_argument(
+        "--draft",
+        help="draft model for spec / block / mtad / mtad-tree, sharing the model's tokenizer "
+        "(default: code-draft-2m for code-23m; other models need one)",
+    )
     p.add_argument(
         "--heads",
         help="CP heads directory for --method heads / heads-block / heads-tree (default: the "
-        "bundled heads "
-        "of the bundled target); heads draft n - 1 tokens from each target pass",
+        "shipped heads for code-23m; other models need theirs); heads draft n - 1 tokens from "
+        "each target pass",
     )
     p.add_argument(
         "--max-total-tokens",
@@ -213,7 +217,7 @@ def _load(args, method: str):
     if model is None and method == "multiverse":
         print(
             f"braid: no Multiverse model ships for {DEFAULT.name} yet; using the bundled "
-            "'multiverse' (arithmetic tasks). Pass --model to choose.",
+            "'multiverse-arith' (arithmetic tasks). Pass --model to choose.",
             file=sys.stderr,
         )
         model = bundled_model("multiverse-arith")
@@ -247,9 +251,10 @@ def _generate(args) -> int:
         print()
         out = llm.last_stream_output
         if args.stats:
-            print(json.dumps(_stats(out, 0)), file=sys.stderr)
+            print(json.dumps(_stats(out.outputs[0], 0)), file=sys.stderr)
         return 0
-    outputs = llm.generate(prompts, params, method=method, use_tqdm=len(prompts) > 1)
+    progress = len(prompts) > 1 or params.n > 1
+    outputs = llm.generate(prompts, params, method=method, use_tqdm=progress)
     if multiverse:
         return _print_multiverse(outputs, args)
     texts = [p if isinstance(p, str) else llm.tokenizer.decode(p, special=True) for p in prompts]
@@ -274,7 +279,8 @@ def _generate(args) -> int:
 
 def _stats(sample, index: int) -> dict:
     """One --stats line: which output, why it ended, and what the method did."""
-    return {"index": index, "finish_reason": sample.finish_reason, **sample.stats.as_dict()}
+    record = {"index": index, "sample": sample.index, "finish_reason": sample.finish_reason}
+    return record | sample.stats.as_dict()
 
 
 def _print_multiverse(outputs, args) -> int:
@@ -282,14 +288,18 @@ def _print_multiverse(outputs, args) -> int:
     from braid.multiverse.display import render, summary, tree
 
     colour = sys.stdout.isatty()
-    for out in outputs:
-        if args.json:
-            record = {"prompt": out.prompt, "text": out.text, "tree": tree(out.text)}
-            record.update(finish_reason=out.finish_reason, stats=out.stats.as_dict())
-            print(json.dumps(record))
-            continue
-        print(render(out.text, colour))
-        print(summary(out), file=sys.stderr)
+    for i, out in enumerate(outputs):
+        for sample in out.outputs:
+            if args.json:
+                record = {"index": i, "sample": sample.index, "prompt": out.prompt}
+                record.update(text=sample.text, tree=tree(sample.text))
+                record.update(finish_reason=sample.finish_reason, stats=sample.stats.as_dict())
+                print(json.dumps(record))
+                continue
+            if len(outputs) > 1 or len(out.outputs) > 1:
+                print(f"[{i}.{sample.index}] prompt: {out.prompt!r}")
+            print(render(sample.text, colour))
+            print(summary(sample), file=sys.stderr)
     return 0
 
 

@@ -90,6 +90,7 @@ class SamplingParams:
         for name in unset:
             setattr(self, name, FALLBACKS[name])
         self.unset = frozenset(unset)
+        self._check_types()
         if isinstance(self.stop, str):
             self.stop = (self.stop,)
         self.stop = tuple(self.stop)
@@ -124,6 +125,25 @@ class SamplingParams:
             raise InvalidRequestError(
                 f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}"
             )
+
+    def _check_types(self) -> None:
+        """Wrong types are refused here, not found mid-batch by a kernel."""
+        for name in ("max_tokens", "top_k", "n"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidRequestError(f"{name} must be an integer, got {value!r}")
+        for name in (
+            "temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
+            "repetition_penalty",
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidRequestError(f"{name} must be a number, got {value!r}")
+        ids = self.stop_token_ids
+        if isinstance(ids, str | bytes) or any(
+            isinstance(t, bool) or not isinstance(t, int) for t in ids
+        ):
+            raise InvalidRequestError(f"stop_token_ids must be integer token ids, got {ids!r}")
 
     def with_defaults(self, defaults: Mapping[str, Any]) -> SamplingParams:
         """A copy whose unset fields take a model's generation defaults.

@@ -36,10 +36,9 @@ def reference(gguf_path):
 
 @pytest.fixture(scope="module")
 def llm(gguf_path, tmp_path_factory):
-    import os
-
-    os.environ.setdefault("BRAID_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    return LLM(dtype="fp32", threads=2)
+    with pytest.MonkeyPatch.context() as mp:  # a cache of this module's own
+        mp.setenv("BRAID_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield LLM(dtype="fp32", threads=2)
 
 
 def test_default_model_is_smollm2(llm, gguf_path):

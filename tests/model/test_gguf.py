@@ -98,7 +98,7 @@ def test_real_tokenizer_splits_match_transformers(model_dirs, tmp_path):
     import transformers as tf
 
     text = "Hello   wörld!! 12345 東京 🙂 it's\n\n  def f(x):\treturn x**2 <|endoftext|>"
-    for pre in ("llama-bpe", "qwen2", "smollm"):
+    for pre in ("llama-bpe", "qwen2", "smollm", "default"):
         path = write_gguf(model_dirs["llama"], tmp_path / f"{pre}.gguf", "llama", pre=pre)
         ref = tf.AutoTokenizer.from_pretrained(str(tmp_path), gguf_file=path.name)
         _, model_dir = load_model(path, "fp32")
@@ -246,3 +246,35 @@ def test_unsupported_architecture_names_it_and_the_supported_ones(tmp_path):
     w.close()
     with pytest.raises(ModelLoadError, match="'gemma' is not supported; braid runs llama, mistral"):
         load_model(path, "fp32")
+
+
+def test_an_unknown_pre_tokenizer_is_refused_not_guessed(model_dirs, tmp_path):
+    path = write_gguf(model_dirs["llama"], tmp_path / "tekken.gguf", "llama", pre="tekken")
+    with pytest.raises(ModelLoadError, match="pre-tokenizer 'tekken'.*braid knows"):
+        load_model(path, "fp32")
+
+
+def test_added_tokens_outside_the_byte_alphabet_stay_whole(model_dirs, tmp_path):
+    """llama.cpp writes added tokens as text (DeepSeek's <｜User｜>): one id, decoded back."""
+    import json
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(model_dirs["llama"], src)
+    tok = json.loads((src / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    victim = max(vocab, key=vocab.get)  # the last merge result: replace it by an added token
+    tid = vocab.pop(victim)
+    tok["model"]["merges"] = [
+        m for m in tok["model"]["merges"]
+        if ("".join(m) if isinstance(m, list) else m.replace(" ", "")) != victim
+    ]  # fmt: skip
+    tok["added_tokens"].append({"id": tid, "content": "<｜User｜>", "special": True,
+                                "single_word": False, "lstrip": False, "rstrip": False,
+                                "normalized": False})  # fmt: skip
+    (src / "tokenizer.json").write_text(json.dumps(tok))
+    path = write_gguf(src, tmp_path / "ds.gguf", "llama")
+    _, model_dir = load_model(path, "fp32")
+    t = Tokenizer(model_dir)
+    assert t.encode("hi<｜User｜>hi")[1:-1] == [tid] or tid in t.encode("hi<｜User｜>hi")
+    assert t.encode("<｜User｜>") == [tid] and tid in t.special_ids()

@@ -162,7 +162,7 @@ def _bench(args) -> int:
             models.append((name, random_checkpoint(name, Path(args.cache_dir) / name)))
         else:
             raise BraidError(f"unknown --config {name!r}; choose {', '.join(CONFIGS)} or bundled")
-    if not models:  # like `braid generate`: the bundled default model
+    if not models:  # the small bundled code model: fast, and it has a draft and heads
         models.append(("bundled-target", bundled_model("code-23m")))
     texts = None
     if args.prompts == "specbench":

@@ -22,9 +22,12 @@ from braid.bench.energy import EnergyMeter
 from braid.bench.machine import describe, memory_bandwidth
 from braid.bench.models import streamed_weight_bytes
 from braid.bench.prompts import encode
-from braid.llm import LLM, bundled_model
+from braid.errors import BraidError
+from braid.llm import LLM
 from braid.methods import METHODS
 from braid.methods.config import MethodConfig
+from braid.model.loader import resolve_model_dir
+from braid.model.registry import CODE_DRAFT, bundled_model, find_model, is_code_model
 from braid.model.tokenizer import Tokenizer
 from braid.sampling import SamplingParams
 
@@ -158,6 +161,12 @@ class Peer:
         return out
 
 
+def _default_draft(llm: LLM) -> Path:
+    if not is_code_model(Path(llm.model_dir)):
+        raise BraidError(f"--peer transformers-assisted needs --draft for {llm.name}")
+    return bundled_model(CODE_DRAFT)
+
+
 def bench_model(
     name: str,
     model_dir: Path,
@@ -188,7 +197,8 @@ def bench_model(
     if peer != "none":
         assistant = None
         if peer == "transformers-assisted":
-            assistant = draft if draft is not None else bundled_model("code-draft-2m")
+            assistant = draft if draft is not None else _default_draft(llm)
+            assistant = resolve_model_dir(find_model(assistant), llm.model.dtype)
         ref = Peer(Path(llm.model_dir), llm.model.dtype, assistant, gamma)
     streamed = streamed_weight_bytes(Path(llm.model_dir))  # a .gguf: its converted directory
     braid_bytes = llm.model.weight_bytes()

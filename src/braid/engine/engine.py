@@ -72,7 +72,7 @@ class Engine:
             # cut to what fits, and said (in vLLM's words, which it uses to refuse the request)
             warnings.warn(
                 f"This model's maximum context length is {self.max_context} tokens; the prompt "
-                f"has {len(ids)} and max_tokens asks for {params.max_tokens} more: generation "
+                f"has {len(ids)} and max_tokens is {params.max_tokens}: generation "
                 f"stops after {self.max_context - len(ids)} tokens",
                 BraidWarning,
                 stacklevel=3,

@@ -81,8 +81,8 @@ _LAYER_NAME = re.compile(r"blk\.(\d+)\.(.+)")
 # tokenizer.ggml.token_type values (llama.cpp's llama_token_type)
 _CONTROL, _USER_DEFINED = 3, 4
 
-# the text splits a byte-level BPE vocabulary was trained with, by `tokenizer.ggml.pre`; a name
-# not listed uses GPT-2's split (ByteLevel's own regex), as transformers and llama.cpp do
+# the text splits a byte-level BPE vocabulary was trained with, by `tokenizer.ggml.pre`; the
+# names in GPT2_SPLIT_NAMES use GPT-2's split (ByteLevel's own regex), any other is refused
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -91,6 +91,7 @@ _QWEN2_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+GPT2_SPLIT_NAMES = (None, "default", "gpt2", "gpt-2", "smollm")
 PRE_TOKENIZER_SPLITS = {
     "llama3": _LLAMA3_SPLIT,
     "llama-v3": _LLAMA3_SPLIT,
@@ -274,7 +275,7 @@ def gguf_tokenizer(reader, path: Path) -> tuple[str, dict[str, Any], dict[str, i
     if eot is not None and eot != special["eos_token_id"]:  # end of turn also ends generation
         special["eos_token_id"] = [i for i in (special["eos_token_id"], eot) if i is not None]
     if model == "gpt2":
-        tok = _byte_level_bpe(reader, tokens)
+        tok = _byte_level_bpe(reader, tokens, path)
     elif model in ("llama", "t5"):
         tok = _transformers_tokenizer(path)
     else:
@@ -304,7 +305,7 @@ def gguf_tokenizer(reader, path: Path) -> tuple[str, dict[str, Any], dict[str, i
     return tok.to_str(), tokenizer_config, {k: v for k, v in special.items() if k != "unk_token_id"}
 
 
-def _byte_level_bpe(reader, tokens: list[str]):
+def _byte_level_bpe(reader, tokens: list[str], path: Path):
     from tokenizers import (
         AddedToken,
         Regex,
@@ -319,7 +320,14 @@ def _byte_level_bpe(reader, tokens: list[str]):
     merges = [tuple(m.split(" ", 1)) for m in merges_field]
     vocab = {t: i for i, t in enumerate(tokens)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
-    split = PRE_TOKENIZER_SPLITS.get(field_value(reader, "tokenizer.ggml.pre"))
+    pre = field_value(reader, "tokenizer.ggml.pre")
+    if pre not in PRE_TOKENIZER_SPLITS and pre not in GPT2_SPLIT_NAMES:
+        known = ", ".join(sorted([*PRE_TOKENIZER_SPLITS, *(n for n in GPT2_SPLIT_NAMES if n)]))
+        raise ModelLoadError(
+            f"{path}: pre-tokenizer {pre!r} (tokenizer.ggml.pre) is not supported, and guessing "
+            f"its text split would tokenize wrongly; braid knows {known}"
+        )
+    split = PRE_TOKENIZER_SPLITS.get(pre)
     if split is None:
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     else:
@@ -334,11 +342,12 @@ def _byte_level_bpe(reader, tokens: list[str]):
     # control tokens (<|im_start|>, <|endoftext|>) stay whole and are dropped by decode;
     # user-defined ones (<think>) stay whole and are kept, as llama.cpp matches both in text
     types = field_value(reader, "tokenizer.ggml.token_type") or []
-    byte_alphabet = set(_byte_alphabet())
+    # llama.cpp writes added tokens as their text (<｜User｜>), not in the byte alphabet; each is
+    # already in `vocab`, so adding it keeps its id
     added = [
         AddedToken(t, special=kind == _CONTROL, normalized=False)
         for t, kind in zip(tokens, types)
-        if (kind == _CONTROL and set(t) <= byte_alphabet) or kind == _USER_DEFINED
+        if kind in (_CONTROL, _USER_DEFINED)
     ]
     tok.add_special_tokens([a for a in added if a.special])
     tok.add_tokens([a for a in added if not a.special])
@@ -355,13 +364,6 @@ def _byte_level_bpe(reader, tokens: list[str]):
                 ]
             )  # fmt: skip
     return tok
-
-
-def _byte_alphabet() -> list[str]:
-    """GPT-2's printable spelling of the 256 bytes (a real byte-level token uses only these)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 256))
-    extra = [b for b in range(256) if b not in keep]
-    return [chr(b) for b in keep] + [chr(256 + i) for i in range(len(extra))]
 
 
 def _transformers_tokenizer(path: Path):

@@ -12,6 +12,7 @@ entry, and two processes converting at once both end with a whole one.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -52,7 +53,10 @@ def convert(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float3
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ModelLoadError(f"{out} already exists and is not empty; choose a new directory")
     model = read_gguf(path, dtype)  # every read error surfaces before anything is written
-    _write_atomically(out, lambda tmp: write_model_dir(model, tmp, source_info(path)))
+    try:
+        _write_atomically(out, lambda tmp: write_model_dir(model, tmp, source_info(path)))
+    except OSError as e:
+        raise ModelLoadError(f"cannot write {out}: {e}") from None
     return out
 
 
@@ -66,8 +70,9 @@ def cached_model_dir(path: str | Path, dtype: torch.dtype) -> Path:
     try:
         _write_atomically(entry, lambda tmp: write_model_dir(model, tmp, source_info(path)))
         return entry
-    except OSError:  # a read-only or full cache: convert into this process's temporary folder
+    except OSError:  # a read-only or full cache: a temporary folder, removed when we exit
         tmp = Path(tempfile.mkdtemp(prefix="braid-gguf-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
         write_model_dir(model, tmp, source_info(path))
         return tmp
 
