@@ -59,7 +59,7 @@ def _describe_gguf(path: Path) -> dict[str, Any]:
     info["name"] = field_value(reader, "general.name")
     info["weights"] = ", ".join(f"{name} x{n}" for name, n in types.most_common())
     info["weights_mb"] = round(path.stat().st_size / 1e6, 1)
-    info["licence"] = field_value(reader, "general.license")
+    info["license"] = field_value(reader, "general.license")
     info["chat_template"] = field_value(reader, "tokenizer.chat_template") is not None
     return {k: v for k, v in info.items() if v is not None}
 
