@@ -211,7 +211,7 @@ def _sampling_params(args):
 def _load(args, method: str):
     """The LLM the flags name; multiverse without --model takes the bundled Multiverse model."""
     from braid import LLM
-    from braid.model.registry import DEFAULT, bundled_model
+    from braid.model.registry import DEFAULT, MULTIVERSE_MODEL, bundled_model
 
     model = args.model
     if model is None and method == "multiverse":
@@ -220,7 +220,7 @@ def _load(args, method: str):
             "'multiverse-arith' (arithmetic tasks). Pass --model to choose.",
             file=sys.stderr,
         )
-        model = bundled_model("multiverse-arith")
+        model = bundled_model(MULTIVERSE_MODEL)
     return LLM(
         model,
         dtype=args.dtype,

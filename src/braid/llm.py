@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,9 +17,10 @@ from braid.engine.request import RequestOutput
 from braid.errors import BraidError, InvalidRequestError, ModelLoadError
 from braid.methods import DRAFT_METHODS, HEADS_METHODS, make_method
 from braid.methods.config import OPTIONS, MethodConfig, method_config
-from braid.model.loader import load_model
+from braid.model.loader import load_model, read_generation_config
 from braid.model.registry import (
     BUNDLED_HEADS,
+    CODE_DRAFT,
     DEFAULT,
     bundled_model,
     find_model,
@@ -75,6 +75,7 @@ class LLM:
         # sampling defaults the model ships (vLLM's generation_config="auto"); callers' values win
         self.generation_defaults = read_generation_config(Path(self.model_dir))
         self._chat_template: ChatTemplate | None = None
+        self._end_of_turn: dict[ChatTemplate, tuple[int, ...]] = {}
         self.last_stream_output: RequestOutput | None = None
         self._draft_path = draft
         self._draft: Transformer | None = None
@@ -91,7 +92,7 @@ class LLM:
                     f"no draft model ships for {self.name} yet: pass one (--draft DIR, "
                     "LLM(..., draft=DIR)) that shares its tokenizer"
                 )
-            path = path if path is not None else bundled_model("code-draft-2m")
+            path = path if path is not None else bundled_model(CODE_DRAFT)
             draft, draft_dir = load_model(path, self.dtype)
             check_shared_vocabulary(self.tokenizer, Tokenizer(draft_dir), draft_dir)
             self._draft = draft
@@ -264,23 +265,16 @@ class LLM:
         self, params: SamplingParams, template: ChatTemplate | None = None
     ) -> SamplingParams:
         """`params` that also stop at the template's end-of-turn token (e.g. <|im_end|>)."""
-        eot = end_of_turn_ids(template or self.chat_template(), self.tokenizer)
+        template = template or self.chat_template()
+        if template not in self._end_of_turn:  # rendered once per template
+            self._end_of_turn[template] = end_of_turn_ids(template, self.tokenizer)
+        eot = self._end_of_turn[template]
         extra = tuple(t for t in eot if t not in params.stop_token_ids)
         if not extra:
             return params
         out = replace(params, stop_token_ids=(*params.stop_token_ids, *extra))
         out.unset = params.unset  # still open to the model's generation defaults
         return out
-
-
-def read_generation_config(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "generation_config.json"
-    if not path.exists():
-        return {}
-    try:
-        return dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
-        raise ModelLoadError(f"{path}: not a JSON object ({e})") from None
 
 
 def end_of_turn_ids(template: ChatTemplate, tokenizer: Tokenizer) -> tuple[int, ...]:

@@ -139,8 +139,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def _bench(args) -> int:
     from braid.bench import prompts, report, runner
     from braid.bench.models import CONFIGS, random_checkpoint
-    from braid.llm import bundled_model
     from braid.methods import METHODS
+    from braid.model.registry import CODE_MODEL, bundled_model
 
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]
@@ -157,13 +157,13 @@ def _bench(args) -> int:
     models: list[tuple[str, Path]] = [(Path(m).name, Path(m)) for m in args.model]
     for name in args.config:
         if name == "bundled":
-            models.append(("bundled-target", bundled_model("code-23m")))
+            models.append(("bundled-target", bundled_model(CODE_MODEL)))
         elif name in CONFIGS:
             models.append((name, random_checkpoint(name, Path(args.cache_dir) / name)))
         else:
             raise BraidError(f"unknown --config {name!r}; choose {', '.join(CONFIGS)} or bundled")
     if not models:  # the small bundled code model: fast, and it has a draft and heads
-        models.append(("bundled-target", bundled_model("code-23m")))
+        models.append(("bundled-target", bundled_model(CODE_MODEL)))
     texts = None
     if args.prompts == "specbench":
         texts = prompts.specbench(args.specbench, args.prompt_count)

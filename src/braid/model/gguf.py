@@ -184,7 +184,8 @@ def gguf_config(reader, path: Path) -> dict[str, Any]:
             raise ModelLoadError(f"{path}: GGUF metadata has no vocabulary size nor tokens")
         cfg["vocab_size"] = len(tokens.data)
     scaling = field_value(reader, f"{prefix}.rope.scaling.type")
-    if scaling not in (None, "none") or "rope_freqs.weight" in {t.name for t in reader.tensors}:
+    names = {t.name for t in reader.tensors}
+    if scaling not in (None, "none") or "rope_freqs.weight" in names:
         raise ModelLoadError(
             f"{path}: rope scaling ({scaling or 'rope_freqs factors'}) in GGUF files is not "
             "supported yet; convert the original Hugging Face checkpoint instead"
@@ -193,7 +194,6 @@ def gguf_config(reader, path: Path) -> dict[str, Any]:
     if hf_arch == "MistralForCausalLM":
         cfg["sliding_window"] = None  # llama.cpp runs these files with full attention
     if hf_arch == "Qwen2ForCausalLM":
-        names = {t.name for t in reader.tensors}
         cfg["attention_bias"] = "blk.0.attn_q.bias" in names
     cfg["hidden_act"] = "silu"
     return cfg

@@ -24,9 +24,10 @@ import torch
 
 from braid.errors import ModelLoadError
 from braid.model.gguf import read_gguf, write_model_dir
+from braid.model.loader import DTYPES
 
 FORMAT = 1  # bump when read_gguf or write_model_dir change what they write
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items() if len(name) == 4}  # fp32 bf16 fp16
 
 
 def cache_root() -> Path:

@@ -196,19 +196,24 @@ def build_transformer(
     return Transformer(c, embed, layers, norm, lm_head, dtype)
 
 
+def read_generation_config(model_dir: Path) -> dict:
+    """generation_config.json as a dict ({} when absent): eos ids and sampling defaults."""
+    path = model_dir / "generation_config.json"
+    if not path.exists():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{path}: not a JSON object ({e})") from None
+
+
 def load_model(
     path: str | Path, dtype: str | torch.dtype | None = None
 ) -> tuple[Transformer, Path]:
     model_dir = resolve_model_dir(path, dtype)
     config = ModelConfig.from_file(model_dir / "config.json")
-    gen = model_dir / "generation_config.json"
-    if gen.exists():
-        try:
-            eos = json.loads(gen.read_text()).get("eos_token_id")
-        except json.JSONDecodeError as e:
-            raise ModelLoadError(f"{gen}: not valid JSON ({e})") from None
-        if eos is not None:
-            ids = (eos,) if isinstance(eos, int) else tuple(eos)
-            config = replace(config, eos_token_ids=ids)
+    eos = read_generation_config(model_dir).get("eos_token_id")
+    if eos is not None:
+        config = replace(config, eos_token_ids=(eos,) if isinstance(eos, int) else tuple(eos))
     state = load_state_dict(model_dir)
     return build_transformer(config, state, parse_dtype(dtype)), model_dir
