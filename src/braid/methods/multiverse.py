@@ -112,6 +112,7 @@ class Multiverse:
     name = "multiverse"
     supports_logits_processors = True
     rows_per_position = 8  # the cache may hold 8x the context in rows across parallel paths
+    rebuilds_state = False  # a request's paths cannot be rebuilt from its tokens (engine undo)
 
     def __init__(self, max_paths: int = 16, max_depth: int = 4):
         if max_paths < 1 or max_depth < 1:
