@@ -19,8 +19,8 @@ import torch
 from braid.heads.draft import condition, marginal
 from braid.heads.module import CPHeads
 from braid.methods import acceptance
-from braid.methods.penalties import penalise, penalise_chains
-from braid.model.batch import Append
+from braid.methods.penalties import penalise
+from braid.methods.verify import keep, score_chains, verdict
 from braid.sampling import process_logits, sample
 
 if TYPE_CHECKING:
@@ -116,38 +116,10 @@ class HeadsSpeculative:
         drafts = self._draft(engine, requests, budgets)
 
         # -- verify: pending token(s) plus the draft in one target pass, hidden states included
-        appends, rows, n, kept_base = [], [], 0, {}
-        for r in requests:
-            draft = drafts[r.id][0]
-            ids = r.all_ids[r.graph.length :] + draft
-            kept_base[r.id] = r.num_tokens
-            appends.append(Append(r.graph, ids, range(r.graph.length, r.graph.length + len(ids))))
-            rows.extend(range(n + len(ids) - len(draft) - 1, n + len(ids)))
-            n += len(ids)
-        logits, hidden, _ = engine.forward(appends, torch.tensor(rows), return_hidden=True)
-        logits = penalise_chains(logits, requests, [drafts[r.id][0] for r in requests])
-        offset = 0
-        for r in requests:
+        chains = [drafts[r.id][0] for r in requests]
+        scored = score_chains(engine, requests, chains, return_hidden=True)
+        for i, r in enumerate(requests):
             draft, qs = drafts[r.id]
-            k = len(draft)
-            if r.params.greedy:
-                tau, nxt = acceptance.greedy_prefix(draft, logits[offset : offset + k + 1])
-                self._finish(r, draft, tau, nxt, hidden[offset + tau], kept_base[r.id])
-                offset += k + 1
-                continue
-            p = process_logits(logits[offset : offset + k + 1], [r.params] * (k + 1))
-            if k:
-                plan = self.rule(torch.tensor(draft), torch.stack(qs).to(p.dtype), p)
-                tau = plan.decide(torch.rand(k, generator=r.generator, dtype=p.dtype))
-                residual = plan.residuals[tau]
-            else:
-                tau, residual = 0, p[0]
-            nxt = sample(residual, r.generator)
-            self._finish(r, draft, tau, nxt, hidden[offset + tau], kept_base[r.id])
-            offset += k + 1
-
-    def _finish(self, r: Request, draft: list[int], tau: int, nxt: int, state, base: int) -> None:
-        """Keep τ drafted tokens and the drawn one; `state` drew it and feeds the next draft."""
-        self.hidden[r.id] = state
-        r.accept_verified(draft[:tau], nxt, proposed=len(draft))
-        r.graph.truncate(base + tau)
+            tau, nxt = verdict(self.rule, r, draft, qs, scored.logits[i])
+            self.hidden[r.id] = scored.hidden[i][tau]  # the state that drew nxt drafts next
+            keep(r, draft, tau, nxt, scored.kept_base[i])

@@ -28,7 +28,8 @@ import torch
 from braid.cache import ROOT
 from braid.methods.acceptance import AUTO_START, joint_threshold, next_gamma
 from braid.methods.draft import Drafter
-from braid.methods.penalties import penalise, penalise_chains, penalise_trees
+from braid.methods.penalties import penalise, penalise_trees
+from braid.methods.verify import score_chains
 from braid.model.batch import Append, build_batch, tree_append
 from braid.model.transformer import Transformer
 from braid.sampling import process_logits, sample
@@ -273,27 +274,17 @@ class Mtad:
                 graphs[r.id].linearize()
 
     def _verify_chain(self, engine, requests, drafts) -> dict[int, list[int]]:
-        chains = {r.id: drafts[r.id].best_chain() for r in requests}
-        appends, rows, n, base = [], [], 0, {}
-        for r in requests:
-            draft = [drafts[r.id].nodes[i].token for i in chains[r.id]]
-            ids = r.all_ids[r.graph.length :] + draft
-            base[r.id] = r.num_tokens
-            appends.append(Append(r.graph, ids, range(r.graph.length, r.graph.length + len(ids))))
-            rows.extend(range(n + len(ids) - len(draft) - 1, n + len(ids)))
-            n += len(ids)
-        logits, _, _ = engine.forward(appends, torch.tensor(rows))
-        tokens = [[drafts[r.id].nodes[i].token for i in chains[r.id]] for r in requests]
-        logits = penalise_chains(logits, requests, tokens)
-        kept, offset = {}, 0
-        for r in requests:
-            ns, k = drafts[r.id].nodes, len(chains[r.id])
-            p = process_logits(logits[offset : offset + k + 1], [r.params] * (k + 1))
-            offset += k + 1
-            chain, nxt = chain_verdict(ns, chains[r.id], p, self.tau)
-            self._emit(r, [ns[i].token for i in chain], nxt, proposed=k)
+        chains = [drafts[r.id].best_chain() for r in requests]
+        tokens = [[drafts[r.id].nodes[i].token for i in c] for r, c in zip(requests, chains)]
+        scored = score_chains(engine, requests, tokens)
+        kept = {}
+        for i, r in enumerate(requests):
+            k = len(chains[i])
+            p = process_logits(scored.logits[i], [r.params] * (k + 1))
+            chain, nxt = chain_verdict(drafts[r.id].nodes, chains[i], p, self.tau)
+            self._emit(r, tokens[i][: len(chain)], nxt, proposed=k)
             kept[r.id] = chain
-            r.graph.truncate(base[r.id] + len(chain))
+            r.graph.truncate(scored.kept_base[i] + len(chain))
         return kept
 
     def _verify_tree(self, engine, requests, drafts) -> dict[int, list[int]]:

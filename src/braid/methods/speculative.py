@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from braid.methods import acceptance
-from braid.methods.acceptance import AUTO_START, greedy_prefix, next_gamma
+from braid.methods.acceptance import AUTO_START, next_gamma
 from braid.methods.draft import Drafter
-from braid.methods.penalties import penalise, penalise_chains
+from braid.methods.penalties import penalise
+from braid.methods.verify import keep, score_chains, verdict
 from braid.model.batch import Append, build_batch
 from braid.model.transformer import Transformer
-from braid.sampling import process_logits, sample
+from braid.sampling import sample
 
 if TYPE_CHECKING:
     from braid.engine.engine import Engine
@@ -91,40 +92,13 @@ class DraftSpeculative:
                 r.stats.draft_passes += 1
 
         # -- verify: the pending token(s) and the whole draft in one target pass
-        appends, rows, n = [], [], 0
-        kept_base = {}  # target rows valid whatever is accepted: cache + pending input
-        for r in requests:
-            ids = r.all_ids[r.graph.length :] + drafts[r.id]
-            kept_base[r.id] = r.num_tokens
-            appends.append(Append(r.graph, ids, range(r.graph.length, r.graph.length + len(ids))))
-            k = len(drafts[r.id])
-            rows.extend(range(n + len(ids) - k - 1, n + len(ids)))
-            n += len(ids)
-        logits, _, _ = engine.forward(appends, torch.tensor(rows))
-        logits = penalise_chains(logits, requests, [drafts[r.id] for r in requests])
-        offset = 0
-        for r in requests:
-            k = len(drafts[r.id])
-            rows_r = logits[offset : offset + k + 1]
-            offset += k + 1
-            if r.params.greedy:
-                tau, nxt = greedy_prefix(drafts[r.id], rows_r)
-            else:
-                tau, nxt = self._verify_sampled(r, drafts[r.id], q_rows[r.id], rows_r)
+        chains = [drafts[r.id] for r in requests]
+        scored = score_chains(engine, requests, chains)
+        for i, r in enumerate(requests):
+            draft, k = chains[i], len(chains[i])
+            tau, nxt = verdict(self.rule, r, draft, q_rows[r.id], scored.logits[i])
             if self.adaptive and k:
                 self.wanted[r.id] = next_gamma(wanted[r.id], tau == k)
-            r.accept_verified(drafts[r.id][:tau], nxt, proposed=k)
-            # keep the pending input and the accepted draft; the drawn token is pending next
-            r.graph.truncate(kept_base[r.id] + tau)
+            keep(r, draft, tau, nxt, scored.kept_base[i])
             if k:  # the draft cache holds y_1..y_{k-1} after its catch-up
                 graphs[r.id].truncate(caught_up[r.id] + min(tau, k - 1))
-
-    def _verify_sampled(self, r: Request, draft: list[int], qs: list, logits: torch.Tensor):
-        """The rule's kept count τ and the token drawn after the kept draft."""
-        k = len(draft)
-        p = process_logits(logits, [r.params] * (k + 1))
-        if not k:
-            return 0, sample(p[0], r.generator)
-        plan = self.rule(torch.tensor(draft), torch.stack(qs).to(p.dtype), p)
-        tau = plan.decide(torch.rand(k, generator=r.generator, dtype=p.dtype))
-        return tau, sample(plan.residuals[tau], r.generator)
