@@ -51,6 +51,8 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
         "at temperature 0); heads / heads-block: CP heads on the model's own hidden state draft "
         "n - 1 tokens (exact); heads-tree: for greedy requests the heads draft a tree of "
         "--gamma candidate tokens, verified in one pass (sampled ones run heads); "
+        "ngram / ngram-block: prompt lookup drafts what followed the latest match of the "
+        "text's last 3..1 tokens, token-level / block verification (exact, any model); "
         "multiverse: a Multiverse model forks its own parallel "
         "paths and the engine decodes them side by side (default: %(default)s)",
     )

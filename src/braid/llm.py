@@ -148,9 +148,12 @@ class LLM:
         "heads" / "heads-block": CP heads (`heads=DIR`) draft n - 1 tokens from the target's
         own hidden state, verified token-level / block (exact); "heads-tree": for greedy requests
         the heads draft a tree of `gamma` candidates (their fitted template), verified in one
-        pass; sampled requests run "heads". "multiverse": the model forks its own parallel paths
-        (`</Goal>` with numbered outlines); max_tokens bounds the critical path and
-        SamplingParams.max_total_tokens all tokens (see braid.methods.multiverse).
+        pass; sampled requests run "heads". "ngram" / "ngram-block": prompt lookup, drafts
+        copied from what followed the latest earlier match of the text's last 3..1 tokens,
+        verified token-level / block (exact; needs no draft, so any model). "multiverse": the
+        model forks its own parallel paths (`</Goal>` with numbered outlines); max_tokens
+        bounds the critical path and SamplingParams.max_total_tokens all tokens (see
+        braid.methods.multiverse).
         legacy: gamma=, beams=, tau=, max_paths=, max_depth= (deprecated; kept for one release)
         override the config's options.
         """

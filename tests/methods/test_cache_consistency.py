@@ -55,3 +55,27 @@ def test_caches_after_rejections_equal_a_fresh_run_of_the_accepted_prefix(
     accepted = sum(r.stats.accepted_tokens for r in reqs)
     assert 0 < accepted < proposed and checked > 10  # rejections happened and were checked
     assert [len(r.output_ids) for r in reqs] == [30, 12, 24]
+
+
+@pytest.mark.parametrize("method", ["ngram", "ngram-block"])
+def test_prompt_lookup_cache_after_rejections_equals_a_fresh_run(llama_dir, method):
+    """Greedy requests of the tiny model loop (copies are kept), sampled ones mostly reject."""
+    llm = LLM(llama_dir, dtype="fp32", max_batch=2)
+    engine = llm._engine(MethodConfig(method, gamma=4))
+    target_ref = hf_model(llama_dir)
+    texts = ("The quick brown fox The quick", "def f(x): def", "emoji emoji")
+    reqs = [
+        engine.add_request(
+            llm.tokenizer.encode(t), SamplingParams(max_tokens=n, seed=s, temperature=temp)
+        )
+        for s, (t, n, temp) in enumerate(zip(texts, (30, 12, 24), (0.0, 1.0, 0.0)))
+    ]
+    checked = 0
+    while engine.has_unfinished:
+        engine.step()
+        for r in engine.running:
+            continue_equals_fresh(engine.model, r.graph, r.all_ids, target_ref)
+            checked += 1
+    proposed = sum(r.stats.draft_tokens for r in reqs)
+    accepted = sum(r.stats.accepted_tokens for r in reqs)
+    assert 0 < accepted < proposed and checked > 5

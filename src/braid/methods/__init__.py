@@ -8,6 +8,7 @@ from braid.errors import InvalidRequestError
 from braid.methods.config import (
     DRAFT_METHODS,
     HEADS_METHODS,
+    LOOKUP_METHODS,
     METHODS,
     MethodConfig,
     method_config,
@@ -18,7 +19,15 @@ if TYPE_CHECKING:
     from braid.engine.request import Request
     from braid.sampling import SamplingParams
 
-__all__ = ["DRAFT_METHODS", "HEADS_METHODS", "METHODS", "Method", "MethodConfig", "make_method"]
+__all__ = [
+    "DRAFT_METHODS",
+    "HEADS_METHODS",
+    "LOOKUP_METHODS",
+    "METHODS",
+    "Method",
+    "MethodConfig",
+    "make_method",
+]
 
 
 class Method(Protocol):
@@ -69,6 +78,10 @@ def make_method(config: MethodConfig | str = "ar", draft=None, heads=None) -> Me
         return Mtad(
             draft, gamma=config.gamma, beams=config.beams, tau=config.tau, tree=name == "mtad-tree"
         )
+    if name in LOOKUP_METHODS:
+        from braid.methods.ngram import PromptLookup
+
+        return PromptLookup(rule=name, gamma=config.gamma)
     if name == "multiverse":
         from braid.methods.multiverse import Multiverse
 

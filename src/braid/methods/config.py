@@ -25,9 +25,12 @@ METHODS = (
     "heads",
     "heads-block",
     "heads-tree",
+    "ngram",
+    "ngram-block",
 )
 HEADS_METHODS = ("heads", "heads-block", "heads-tree")
 DRAFT_METHODS = ("spec", "block", "mtad", "mtad-tree")
+LOOKUP_METHODS = ("ngram", "ngram-block")  # prompt lookup: no draft model, no weights
 AUTO = "auto"
 
 
