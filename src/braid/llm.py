@@ -38,6 +38,10 @@ class LLM:
     holding one), a bundled model's name (`braid models`), or None: the default model,
     SmolLM2-135M-Instruct.
     dtype: "bf16", "fp16", "fp32" or None (bf16 where the CPU has native bf16, else fp32).
+    weights: how the matrices are kept: "auto" (None: a GGUF file's own precision, its Q4_0 /
+    Q4_1 / Q8_0 integers on int4 kernels; other checkpoints dense in `dtype`), "bf16" / "fp32"
+    (dequantized), "int8" / "int4" (weight-only, quantized at load where the file is not).
+    An explicit `dtype` with `weights` unset means dequantized weights in that dtype.
     threads: torch CPU threads; None = all cores.
     max_batch: how many requests run at once (continuous batching admits the rest as they leave).
     draft: the draft model for `spec` / `block` / `mtad` / `mtad-tree`, loaded on first use; it
@@ -56,11 +60,12 @@ class LLM:
         max_batch: int = 8,
         draft: str | Path | None = None,
         heads: str | Path | None = None,
+        weights: str | None = None,
     ):
         if threads is not None and threads < 1:
             raise InvalidRequestError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        self.model, self.model_dir = load_model(find_model(model), dtype)
+        self.model, self.model_dir = load_model(find_model(model), dtype, weights)
         self.name = DEFAULT.name if model is None else Path(str(model)).name
         self.tokenizer = Tokenizer(self.model_dir)
         if self.tokenizer.vocab_size > self.model.config.vocab_size:

@@ -141,16 +141,17 @@ def field_value(reader, key: str, default: Any = None) -> Any:
     return default if f is None else f.contents()
 
 
-def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> GGUFModel:
-    """Read a GGUF file: config, generation config, tokenizer and dequantized tensors."""
+def read_gguf(path: str | Path, dtype: torch.dtype | None = torch.float32) -> GGUFModel:
+    """Read a GGUF file: config, generation config, tokenizer and dequantized tensors (none
+    with `dtype=None`: the weights are then read from the file itself, kept quantized)."""
     path = Path(path)
     reader = open_reader(path)
     config = gguf_config(reader, path)
     tokenizer_json, tokenizer_config, special = gguf_tokenizer(reader, path)
     generation = {k: v for k, v in special.items() if v is not None}
     generation.update(_sampling_defaults(reader))
-    state = gguf_tensors(reader, path, config, dtype)
-    config["tie_word_embeddings"] = "lm_head.weight" not in state
+    state = {} if dtype is None else gguf_tensors(reader, path, config, dtype)
+    config["tie_word_embeddings"] = "output.weight" not in {t.name for t in reader.tensors}
     config["bos_token_id"] = special.get("bos_token_id")
     config["eos_token_id"] = special.get("eos_token_id")
     return GGUFModel(config, generation, tokenizer_json, tokenizer_config, state)
@@ -199,17 +200,38 @@ def gguf_config(reader, path: Path) -> dict[str, Any]:
     return cfg
 
 
-def gguf_tensors(
-    reader, path: Path, config: dict[str, Any], dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
-    """Dequantized tensors under Hugging Face names, q/k rows back in Hugging Face order."""
+@dataclass
+class GGUFTensor:
+    """One tensor of the file under its Hugging Face name, not yet dequantized."""
+
+    name: str
+    qtype: str  # GGML quantization type name: F32, Q4_1, Q8_0, ...
+    shape: tuple[int, ...]  # Hugging Face order (GGUF lists dimensions fastest first)
+    data: Any  # the reader's (memory-mapped) numpy view of the raw blocks
+    row_heads: int | None  # heads to un-permute the rows by (llama q/k), else None
+
+    def dequantize(self) -> torch.Tensor:
+        """fp32, rows in Hugging Face order."""
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
+        try:
+            values = dequantize(self.data, GGMLQuantizationType[self.qtype])
+            values = np.array(values, dtype=np.float32).reshape(self.shape)
+        except (ValueError, NotImplementedError) as e:
+            raise ModelLoadError(f"tensor {self.name!r} cannot be read ({e})") from None
+        tensor = torch.from_numpy(values)
+        return tensor if self.row_heads is None else unpermute_rows(tensor, self.row_heads)
+
+
+def gguf_tensor_list(reader, path: Path, config: dict[str, Any]) -> list[GGUFTensor]:
+    """Every tensor of the file, named and checked, in file order."""
     from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
 
     hf_arch = config["architectures"][0]
     permuted = next(p for a, p in ARCHITECTURES.values() if a == hf_arch)
     heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads")
-    state: dict[str, torch.Tensor] = {}
+    out = []
     for t in reader.tensors:
         name = hf_tensor_name(t.name)
         if name is None:
@@ -220,17 +242,26 @@ def gguf_tensors(
                 f"{path}: tensor {t.name!r} has quantization type {qtype.name}, which braid "
                 f"does not read; supported: {', '.join(SUPPORTED_TYPES)}"
             )
-        shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dimensions fastest first
-        try:
-            values = np.array(dequantize(t.data, qtype), dtype=np.float32).reshape(shape)
-        except (ValueError, NotImplementedError) as e:
-            raise ModelLoadError(f"{path}: tensor {t.name!r} cannot be read ({e})") from None
-        tensor = torch.from_numpy(values)
+        row_heads = None
         if permuted and name.endswith(("q_proj.weight", "q_proj.bias")):
-            tensor = unpermute_rows(tensor, heads)
+            row_heads = heads
         elif permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
-            tensor = unpermute_rows(tensor, kv_heads or heads)
-        state[name] = tensor.to(dtype)
+            row_heads = kv_heads or heads
+        shape = tuple(int(d) for d in reversed(t.shape))
+        out.append(GGUFTensor(name, qtype.name, shape, t.data, row_heads))
+    return out
+
+
+def gguf_tensors(
+    reader, path: Path, config: dict[str, Any], dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
+    """Dequantized tensors under Hugging Face names, q/k rows back in Hugging Face order."""
+    state = {}
+    for t in gguf_tensor_list(reader, path, config):
+        try:
+            state[t.name] = t.dequantize().to(dtype)
+        except ModelLoadError as e:
+            raise ModelLoadError(f"{path}: {e}") from None
     return state
 
 
@@ -399,10 +430,11 @@ def write_model_dir(model: GGUFModel, out: Path, source: dict[str, Any] | None =
     """Write `model` as a Hugging Face directory into `out` (which must exist and be empty)."""
     from safetensors.torch import save_file
 
-    state = {k: v.contiguous() for k, v in model.state.items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     config = dict(model.config)
-    config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
+    if model.state:  # else a directory of everything but the weights (read from the GGUF)
+        state = {k: v.contiguous() for k, v in model.state.items()}
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(model.generation_config, indent=2))
     (out / "tokenizer.json").write_text(model.tokenizer_json)

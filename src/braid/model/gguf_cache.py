@@ -3,7 +3,9 @@
 Dequantizing SmolLM2-135M's Q4_1 file takes ~2 s of numpy on this CPU and building its
 tokenizer more; a cached directory loads in a fraction of that (benchmarks/results/load_cpu.md).
 The cache lives in `$BRAID_CACHE_DIR`, else `$XDG_CACHE_HOME/braid`, else `~/.cache/braid`,
-under `gguf/<key>-<dtype>`. The key hashes the file's resolved path, size and modification time
+under `gguf/<key>-<dtype>`, or `gguf/<key>-meta` for a model whose weights stay quantized
+(everything but the weights: those are read from the GGUF file itself, model/gguf_weights.py).
+The key hashes the file's resolved path, size and modification time
 and `FORMAT`, so an edited or replaced file (or a braid that converts differently) gets a new
 entry; stale entries are simply never read again (delete the folder to reclaim the space).
 Entries are written to a temporary folder and renamed into place, so a crash leaves no half
@@ -61,10 +63,12 @@ def convert(path: str | Path, out: str | Path, dtype: torch.dtype = torch.float3
     return out
 
 
-def cached_model_dir(path: str | Path, dtype: torch.dtype) -> Path:
-    """The cached model directory of a GGUF file in `dtype`, converted on first use."""
+def cached_model_dir(path: str | Path, dtype: torch.dtype | None) -> Path:
+    """The cached model directory of a GGUF file in `dtype`, converted on first use; with
+    `dtype=None`, the directory without weights (config, tokenizer, generation config)."""
     path = Path(path)
-    entry = cache_root() / "gguf" / f"{cache_key(path)}-{DTYPE_NAMES[dtype]}"
+    suffix = "meta" if dtype is None else DTYPE_NAMES[dtype]
+    entry = cache_root() / "gguf" / f"{cache_key(path)}-{suffix}"
     if (entry / "config.json").exists():
         return entry
     model = read_gguf(path, dtype)

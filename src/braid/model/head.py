@@ -11,6 +11,11 @@ fp32 accumulation), so tokens outside that band can be neither the argmax nor ti
 argmax is therefore the fp32 argmax, and the logits near the top are fp32-exact; the tail keeps
 the fast values, within eps * |w_v| * |h| of fp32.
 
+A quantized head (model/quant.py) works the same way: its fast logits come from the int kernel,
+whose error adds the rounding of the dequantized weights inside the kernel and of each part's
+output to the bound, and the recomputation uses the exact rows of the quantized weight
+(`QuantWeight.rows`), so the top logits are those of the quantized model in fp32.
+
 A draft model sets `refine = False`: any draft distribution keeps the acceptance rules exact,
 and greedy outputs depend on the target's argmax alone, so drafts skip the recomputation.
 """
@@ -20,15 +25,21 @@ from __future__ import annotations
 import torch
 
 from braid.model.linear import Linear
+from braid.model.quant import KERNEL_DTYPE, QuantLinear, QuantWeight
 
 # unit roundoff of the fast dtype, doubled (input and output rounding), with a little slack
 _EPS = {torch.bfloat16: 2.0**-7 * 1.05, torch.float16: 2.0**-10 * 1.05}
+_BF16_UNIT = 2.0**-8 * 1.05  # one bf16 rounding, with the same slack
 
 
 class LogitHead:
-    def __init__(self, weight: torch.Tensor, dtype: torch.dtype):
+    def __init__(self, weight: torch.Tensor | QuantWeight, dtype: torch.dtype):
         self.vocab_size = weight.shape[0]
         self.refine = True
+        if isinstance(weight, QuantWeight):
+            self._init_quantized(weight)
+            return
+        self.quant = None
         self.eps = _EPS.get(dtype)
         if self.eps is None:  # fp32 model: the plain product is already exact
             self.exact = Linear(weight.float().contiguous())
@@ -40,6 +51,23 @@ class LogitHead:
         self.row_norms = weight.float().norm(dim=1)
         self.nbytes = self.fast.nbytes
 
+    def _init_quantized(self, weight: QuantWeight) -> None:
+        self.quant = weight
+        self.dtype = KERNEL_DTYPE
+        self.fast = QuantLinear(weight)
+        self.nbytes = self.fast.nbytes
+        self.eps = _BF16_UNIT
+        # roundings of |logit| size: the input and the final sum (|w| each), and per part the
+        # dequantized weight inside the kernel and its bf16 output (|w_p| each)
+        dense = weight.dequantize()
+        parts = [dense] if weight.bits == 8 or weight.q.shape[0] == 1 else _parts(weight)
+        self.row_norms = 2 * dense.norm(dim=1) + 2 * sum(p.norm(dim=1) for p in parts)
+
+    def _rows(self, cols: torch.Tensor) -> torch.Tensor:
+        if self.quant is not None:
+            return self.quant.rows(cols)
+        return self.rows[cols].float()
+
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """fp32 hidden states [M, d] -> fp32 logits [M, V]."""
         if self.eps is None:
@@ -50,12 +78,22 @@ class LogitHead:
         bound = (self.eps * hidden.norm(dim=1, keepdim=True)) * self.row_norms
         floor = (logits - bound).max(dim=1, keepdim=True).values
         rows, cols = ((logits + bound) >= floor).nonzero(as_tuple=True)
-        exact = torch.einsum("nd,nd->n", self.rows[cols].float(), hidden[rows])
+        exact = torch.einsum("nd,nd->n", self._rows(cols), hidden[rows])
         logits[rows, cols] = exact
         return logits
 
     def exact_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Every logit in fp32 (for tests and references; reads the head in fp32)."""
+        if self.quant is not None:
+            return hidden @ self.quant.dequantize().t()
         if self.eps is None:
             return self.exact(hidden)
         return hidden @ self.rows.float().t()
+
+
+def _parts(weight: QuantWeight) -> list[torch.Tensor]:
+    """Each 4-bit part of a split weight (Q8_0's two halves) dequantized on its own."""
+    return [
+        QuantWeight(4, q[None], s[None], z[None], weight.group).dequantize()
+        for q, s, z in zip(weight.q, weight.scales, weight.zeros, strict=True)
+    ]

@@ -38,3 +38,18 @@ class Linear:
         if self.packed is not None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
+
+
+class Stacked:
+    """Several linears over the same input, outputs side by side: a fused qkv or gate/up whose
+    parts live on different kernels (a GGUF that mixes quantization types)."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.out_features = sum(p.out_features for p in parts)
+        self.nbytes = sum(p.nbytes for p in parts)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        outs = [p(x) for p in self.parts]
+        dtype = outs[0].dtype
+        return torch.cat([o.to(dtype) for o in outs], dim=-1)

@@ -12,7 +12,15 @@ from safetensors.torch import load_file
 
 from braid.errors import ModelLoadError
 from braid.model.config import ModelConfig
-from braid.model.linear import Linear
+from braid.model.linear import Linear, Stacked
+from braid.model.quant import (
+    KERNEL_DTYPE,
+    QuantLinear,
+    QuantWeight,
+    cat_rows,
+    quantize_int4,
+    quantize_int8,
+)
 from braid.model.transformer import LayerWeights, Transformer
 
 DTYPES = {
@@ -23,6 +31,39 @@ DTYPES = {
     "fp16": torch.float16,
     "float16": torch.float16,
 }
+
+
+# --weights: how the matrices are stored while the model runs
+WEIGHTS = ("auto", "bf16", "fp32", "int8", "int4")
+
+
+def resolve_weights(
+    weights: str | None, dtype: str | torch.dtype | None, gguf: bool
+) -> tuple[torch.dtype, str | None]:
+    """(activation dtype, quantization) for a `weights` / `dtype` pair.
+
+    Quantization is None (dense weights in the dtype), "file" (a GGUF's own integers where the
+    int kernels take them, model/gguf_weights.py), "int8" or "int4". `auto` keeps a GGUF file's
+    precision, unless a dtype is given: an explicit dtype means dequantized weights, so parity
+    checks against `transformers` read the same numbers."""
+    explicit = dtype is not None and dtype != "auto"
+    if weights is None or weights == "auto":
+        if explicit or not gguf:
+            return parse_dtype(dtype), None
+        return KERNEL_DTYPE, "file"
+    if weights in ("bf16", "fp32"):
+        want = DTYPES[weights]
+        if explicit and parse_dtype(dtype) != want:
+            raise ModelLoadError(f"weights {weights!r} and dtype {dtype!r} disagree; give one")
+        return want, None
+    if weights in ("int8", "int4"):
+        if explicit and parse_dtype(dtype) != KERNEL_DTYPE:
+            raise ModelLoadError(
+                f"weights {weights!r} run with bf16 activations (torch's CPU int kernels); "
+                f"drop dtype {dtype!r} or pass bf16"
+            )
+        return KERNEL_DTYPE, weights
+    raise ModelLoadError(f"weights {weights!r} is not supported; choose {', '.join(WEIGHTS)}")
 
 
 def gguf_file(path: Path) -> Path | None:
@@ -40,9 +81,12 @@ def gguf_file(path: Path) -> Path | None:
     return None
 
 
-def resolve_model_dir(path: str | Path, dtype: str | torch.dtype | None = None) -> Path:
+def resolve_model_dir(
+    path: str | Path, dtype: str | torch.dtype | None = None, meta: bool = False
+) -> Path:
     """A model directory; a Hugging Face cache entry (`models--org--name`) -> its snapshot; a
-    GGUF file (or a directory holding one) -> its converted directory in the cache."""
+    GGUF file (or a directory holding one) -> its converted directory in the cache (`meta`: the
+    one without weights, for a model whose weights are read from the GGUF itself)."""
     p = Path(path).expanduser()
     if not p.exists():
         raise ModelLoadError(f"model {str(p)!r} does not exist")
@@ -50,7 +94,7 @@ def resolve_model_dir(path: str | Path, dtype: str | torch.dtype | None = None) 
     if gguf is not None:
         from braid.model.gguf_cache import cached_model_dir
 
-        return cached_model_dir(gguf, parse_dtype(dtype))
+        return cached_model_dir(gguf, None if meta else parse_dtype(dtype))
     if not p.is_dir():
         raise ModelLoadError(
             f"{p} is not a model: pass a directory with config.json or a .gguf file"
@@ -120,7 +164,15 @@ def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _take(state: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], dtype: torch.dtype):
+def _take(
+    state: dict[str, torch.Tensor | QuantWeight],
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    quant: str | None = None,
+) -> torch.Tensor | QuantWeight:
+    """The tensor `name`, checked; a matrix comes quantized as `quant` asks ("int4" / "int8"
+    quantize a dense one; a `QuantWeight` from a GGUF stays as it is)."""
     if name not in state:
         raise ModelLoadError(f"weights: missing tensor {name!r}")
     t = state.pop(name)
@@ -128,64 +180,97 @@ def _take(state: dict[str, torch.Tensor], name: str, shape: tuple[int, ...], dty
         raise ModelLoadError(
             f"weights: {name!r} has shape {tuple(t.shape)}, config.json implies {shape}"
         )
+    if isinstance(t, QuantWeight):
+        return t
+    if quant in ("int4", "int8") and len(shape) == 2:
+        return quantize_int4(t) if quant == "int4" else quantize_int8(t)
     return t.to(dtype).contiguous()
 
 
+def _dense(t: torch.Tensor | QuantWeight, dtype: torch.dtype) -> torch.Tensor:
+    return (t.dequantize() if isinstance(t, QuantWeight) else t).to(dtype).contiguous()
+
+
+def make_linear(
+    parts: list[torch.Tensor | QuantWeight], bias: torch.Tensor | None, dtype: torch.dtype
+) -> Linear | QuantLinear | Stacked:
+    """One linear over the rows of `parts` (a fused qkv or gate/up): dense, quantized, or, when
+    the parts are of different kinds (a GGUF mixing Q4_1 and Q6_K), each on its own kernel."""
+    if all(isinstance(w, torch.Tensor) for w in parts):
+        return Linear(torch.cat(parts) if len(parts) > 1 else parts[0], bias)
+    if all(isinstance(w, QuantWeight) for w in parts):
+        joined = cat_rows(parts)
+        if joined is not None:
+            return QuantLinear(joined, bias)
+    sizes = [w.shape[0] for w in parts]
+    biases = [None] * len(parts) if bias is None else list(bias.split(sizes))
+    return Stacked(
+        [
+            QuantLinear(w, b) if isinstance(w, QuantWeight) else Linear(w, b)
+            for w, b in zip(parts, biases, strict=True)
+        ]
+    )
+
+
 def build_transformer(
-    config: ModelConfig, state: dict[str, torch.Tensor], dtype: torch.dtype
+    config: ModelConfig,
+    state: dict[str, torch.Tensor | QuantWeight],
+    dtype: torch.dtype,
+    quant: str | None = None,
 ) -> Transformer:
+    """The model from Hugging Face-named tensors: dense, or with its matrices quantized as
+    `quant` says (`resolve_weights`); a `QuantWeight` in `state` is kept as it is."""
     c = config
     d, q, kv, ffn = c.hidden_size, c.q_size, c.kv_size, c.intermediate_size
     state = {k.removeprefix("model."): v for k, v in state.items()}  # HF nests under "model."
-    embed = _take(state, "embed_tokens.weight", (c.vocab_size, d), dtype)
+    embed_weight = _take(state, "embed_tokens.weight", (c.vocab_size, d), dtype)
     layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}."
-        a = p + "self_attn."
 
-        def take(name: str, shape: tuple[int, ...], _p: str = a) -> torch.Tensor:
-            return _take(state, _p + name, shape, dtype)
+        def vector(name: str, size: int, _p: str = p) -> torch.Tensor:
+            return _take(state, _p + name, (size,), dtype)
+
+        def matrix(name: str, shape: tuple[int, int], _p: str = p) -> torch.Tensor | QuantWeight:
+            return _take(state, _p + name, shape, dtype, quant)
 
         bias = None
         if c.attention_bias:
             bias = torch.cat(
-                [take("q_proj.bias", (q,)), take("k_proj.bias", (kv,)), take("v_proj.bias", (kv,))]
+                [
+                    vector("self_attn.q_proj.bias", q),
+                    vector("self_attn.k_proj.bias", kv),
+                    vector("self_attn.v_proj.bias", kv),
+                ]
             )
+        qkv = [matrix(f"self_attn.{x}_proj.weight", (n, d)) for x, n in zip("qkv", (q, kv, kv))]
         layers.append(
             LayerWeights(
-                input_norm=_take(state, p + "input_layernorm.weight", (d,), dtype),
-                qkv=Linear(
-                    torch.cat(
-                        [
-                            take("q_proj.weight", (q, d)),
-                            take("k_proj.weight", (kv, d)),
-                            take("v_proj.weight", (kv, d)),
-                        ]
-                    ),
-                    bias,
+                input_norm=vector("input_layernorm.weight", d),
+                qkv=make_linear(qkv, bias, dtype),
+                q_norm=vector("self_attn.q_norm.weight", c.head_dim) if c.qk_norm else None,
+                k_norm=vector("self_attn.k_norm.weight", c.head_dim) if c.qk_norm else None,
+                o=make_linear([matrix("self_attn.o_proj.weight", (d, q))], None, dtype),
+                post_norm=vector("post_attention_layernorm.weight", d),
+                gate_up=make_linear(
+                    [matrix(f"mlp.{x}_proj.weight", (ffn, d)) for x in ("gate", "up")], None, dtype
                 ),
-                q_norm=take("q_norm.weight", (c.head_dim,)) if c.qk_norm else None,
-                k_norm=take("k_norm.weight", (c.head_dim,)) if c.qk_norm else None,
-                o=Linear(take("o_proj.weight", (d, q))),
-                post_norm=_take(state, p + "post_attention_layernorm.weight", (d,), dtype),
-                gate_up=Linear(
-                    torch.cat(
-                        [
-                            _take(state, p + "mlp.gate_proj.weight", (ffn, d), dtype),
-                            _take(state, p + "mlp.up_proj.weight", (ffn, d), dtype),
-                        ]
-                    )
-                ),
-                down=Linear(_take(state, p + "mlp.down_proj.weight", (d, ffn), dtype)),
+                down=make_linear([matrix("mlp.down_proj.weight", (d, ffn))], None, dtype),
             )
         )
     norm = _take(state, "norm.weight", (d,), torch.float32)
+    head_dtype = torch.float32 if quant is None else dtype
     if "lm_head.weight" in state:
-        lm_head = _take(state, "lm_head.weight", (c.vocab_size, d), torch.float32)
+        lm_head = _take(state, "lm_head.weight", (c.vocab_size, d), head_dtype, quant)
     elif c.tie_word_embeddings:
-        lm_head = embed.float()
+        lm_head = embed_weight
+        if quant in ("int4", "int8") and not isinstance(embed_weight, QuantWeight):
+            quantize = quantize_int4 if quant == "int4" else quantize_int8
+            lm_head = quantize(embed_weight)
     else:
         raise ModelLoadError("weights: missing 'lm_head.weight' and tie_word_embeddings is false")
+    if isinstance(lm_head, torch.Tensor):
+        lm_head = lm_head.float()
     # drop known non-parameters; anything else means the checkpoint is not what config.json says
     leftover = [k for k in state if "rotary_emb" not in k]
     if leftover:
@@ -193,7 +278,8 @@ def build_transformer(
             f"weights: unexpected tensors for {c.architecture} with {c.num_layers} layers: "
             f"{', '.join(sorted(leftover)[:5])}"
         )
-    return Transformer(c, embed, layers, norm, lm_head, dtype)
+    # the embedding is gathered a few rows a step: dense, whatever the matrices are
+    return Transformer(c, _dense(embed_weight, dtype), layers, norm, lm_head, dtype)
 
 
 def read_generation_config(model_dir: Path) -> dict:
@@ -208,12 +294,22 @@ def read_generation_config(model_dir: Path) -> dict:
 
 
 def load_model(
-    path: str | Path, dtype: str | torch.dtype | None = None
+    path: str | Path, dtype: str | torch.dtype | None = None, weights: str | None = None
 ) -> tuple[Transformer, Path]:
-    model_dir = resolve_model_dir(path, dtype)
+    """The model at `path` and its directory; `weights` as `resolve_weights` reads it."""
+    p = Path(path).expanduser()
+    gguf = gguf_file(p) if p.exists() else None
+    compute, quant = resolve_weights(weights, dtype, gguf is not None)
+    from_file = gguf is not None and quant is not None  # the GGUF's own integers
+    model_dir = resolve_model_dir(p, compute, meta=from_file)
     config = ModelConfig.from_file(model_dir / "config.json")
     eos = read_generation_config(model_dir).get("eos_token_id")
     if eos is not None:
         config = replace(config, eos_token_ids=(eos,) if isinstance(eos, int) else tuple(eos))
-    state = load_state_dict(model_dir)
-    return build_transformer(config, state, parse_dtype(dtype)), model_dir
+    if from_file:
+        from braid.model.gguf_weights import gguf_weights
+
+        state = gguf_weights(gguf, quant)
+    else:
+        state = load_state_dict(model_dir)
+    return build_transformer(config, state, compute, quant), model_dir

@@ -18,6 +18,7 @@ from braid.model.batch import ForwardBatch
 from braid.model.config import ModelConfig
 from braid.model.head import LogitHead
 from braid.model.linear import Linear
+from braid.model.quant import QuantWeight
 from braid.model.rope import RopeTable, apply_rope
 
 
@@ -25,6 +26,7 @@ from braid.model.rope import RopeTable, apply_rope
 class LayerWeights:
     input_norm: torch.Tensor
     qkv: Linear  # [q + 2 kv, hidden], with the qkv bias where the architecture has one
+    # (any of the four linears may be a QuantLinear or a Stacked: model/quant.py, linear.py)
     q_norm: torch.Tensor | None
     k_norm: torch.Tensor | None
     o: Linear
@@ -49,7 +51,7 @@ class Transformer:
         embed: torch.Tensor,
         layers: list[LayerWeights],
         norm: torch.Tensor,
-        lm_head: torch.Tensor,
+        lm_head: torch.Tensor | QuantWeight,
         dtype: torch.dtype,
     ):
         self.config = config
@@ -71,10 +73,10 @@ class Transformer:
         total = self.norm.numel() * 4 + self.lm_head.nbytes
         for w in self.layers:
             for t in vars(w).values():
-                if isinstance(t, Linear):
-                    total += t.nbytes
-                elif t is not None:
+                if isinstance(t, torch.Tensor):
                     total += t.numel() * t.element_size()
+                elif t is not None:  # Linear, QuantLinear, Stacked
+                    total += t.nbytes
         return total
 
     @torch.inference_mode()

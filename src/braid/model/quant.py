@@ -1,0 +1,193 @@
+"""Weight-only int4 / int8 linears: quantized weights stay quantized, activations stay bf16.
+
+Decoding reads every weight once per step, so the bytes of the weights set the step's time.
+torch's CPU weight-only kernels read 4-bit weights in groups (`_weight_int4pack_mm_for_cpu`,
+w = (q - 8) * scale + zero per group along the input) or 8-bit weights with one scale per output
+row (`_weight_int8pack_mm`). GGUF's Q4_0 (w = d * (q - 8)) and Q4_1 (w = d * q + m) are 4-bit in
+groups of 32 with the same integers per weight, so they map onto the int4 kernel exactly, scale
+= d and zero = 0 (Q4_0) or m + 8 d (Q4_1). Q8_0 (w = d * q, groups of 32) fits neither kernel
+as it is; it is split exactly into two 4-bit halves, q = 16 hi + lo, both on the int4 kernel:
+the same bytes as int8, no requantization (see `split_int8_groups`).
+
+The one rounding the mapping adds: the kernel keeps scales and zeros in the activation dtype
+(bf16), where GGUF has fp16. `QuantWeight.dequantize` returns the weights the kernel actually
+multiplies (scales and zeros rounded to bf16, the rest exact, in fp32): that is the model being
+run, and the reference the tests hold the kernels to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# the activation dtype of the kernels: their fp32 paths are ~100x slower on this CPU
+KERNEL_DTYPE = torch.bfloat16
+GROUP = 32  # GGUF's block length for Q4_0 / Q4_1 / Q8_0
+
+
+@dataclass
+class QuantWeight:
+    """A [N, K] weight as integers plus scales (`bits` 4: groups of `group` along K with a scale
+    and a zero, w = (q - 8) * scale + zero, q in 0..15; `bits` 8: w = q * scale[row], q int8).
+
+    `parts` > 1 means the weight is a sum of several 4-bit weights of the same shape (`q`,
+    `scales` and `zeros` stacked along a leading axis): how Q8_0 runs on the int4 kernel."""
+
+    bits: int
+    q: torch.Tensor  # uint8 [P, N, K] (bits 4) or int8 [N, K] (bits 8)
+    scales: torch.Tensor  # fp32 [P, N, K // group] (bits 4) or [N] (bits 8)
+    zeros: torch.Tensor | None  # fp32 [P, N, K // group] (bits 4)
+    group: int = GROUP
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.q.shape[-2:])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the kernel reads: packed integers plus bf16 scales (and zeros)."""
+        n, k = self.shape
+        if self.bits == 8:
+            return n * k + n * 2
+        parts = self.q.shape[0]
+        return parts * (n * k // 2 + 2 * 2 * n * (k // self.group))
+
+    def dequantize(self) -> torch.Tensor:
+        """fp32 [N, K]: the weights the kernel multiplies (scales and zeros as it keeps them)."""
+        if self.bits == 8:
+            return self.q.float() * self.scales.to(KERNEL_DTYPE).float()[:, None]
+        s = self.scales.to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
+        z = self.zeros.to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
+        return ((self.q.float() - 8) * s + z).sum(0)
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """fp32 rows `index` of `dequantize()`, without dequantizing the rest."""
+        if self.bits == 8:
+            return self.q[index].float() * self.scales[index].to(KERNEL_DTYPE).float()[:, None]
+        s = self.scales[:, index].to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
+        z = self.zeros[:, index].to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
+        return ((self.q[:, index].float() - 8) * s + z).sum(0)
+
+
+def cat_rows(weights: list[QuantWeight]) -> QuantWeight | None:
+    """Stack weights along N (a fused qkv or gate/up), or None when they differ in kind."""
+    first = weights[0]
+    kinds = {(w.bits, w.group, w.q.shape[0] if w.bits == 4 else 1, w.shape[1]) for w in weights}
+    if len(kinds) != 1:
+        return None
+    dim = -2 if first.bits == 4 else 0
+    zeros = None if first.bits == 8 else torch.cat([w.zeros for w in weights], -2)
+    return QuantWeight(
+        first.bits,
+        torch.cat([w.q for w in weights], dim),
+        torch.cat([w.scales for w in weights], -2 if first.bits == 4 else 0),
+        zeros,
+        first.group,
+    )
+
+
+class QuantLinear:
+    """y = x @ W.T (+ bias) on torch's weight-only kernels; x any float dtype, y fp32-castable
+    bf16 (the kernels' output dtype is their activation dtype)."""
+
+    def __init__(self, weight: QuantWeight, bias: torch.Tensor | None = None):
+        self.weight = weight
+        self.out_features, self.in_features = weight.shape
+        self.bits = weight.bits
+        self.bias = None if bias is None else bias.to(KERNEL_DTYPE)
+        self.nbytes = weight.nbytes + (0 if bias is None else bias.numel() * 2)
+        if weight.bits == 8:
+            self.packed = [weight.q.contiguous()]
+            self.scales = [weight.scales.to(KERNEL_DTYPE)]
+        else:
+            self.packed = [
+                torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2) for q in weight.q
+            ]
+            # [K // group, N, 2]: the kernel's scales-and-zeros layout
+            self.scales = [
+                torch.stack([s.t(), z.t()], -1).to(KERNEL_DTYPE).contiguous()
+                for s, z in zip(weight.scales, weight.zeros, strict=True)
+            ]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(KERNEL_DTYPE)
+        if self.bits == 8:
+            y = torch._weight_int8pack_mm(x, self.packed[0], self.scales[0])
+        else:
+            g = self.weight.group
+            y = torch._weight_int4pack_mm_for_cpu(x, self.packed[0], g, self.scales[0])
+            for packed, sz in zip(self.packed[1:], self.scales[1:], strict=True):
+                y = y + torch._weight_int4pack_mm_for_cpu(x, packed, g, sz)
+        return y if self.bias is None else y + self.bias
+
+
+# -- from GGUF blocks ------------------------------------------------------------------------
+def _blocks(raw: torch.Tensor, n: int, k: int, block_bytes: int) -> torch.Tensor:
+    return raw.reshape(n, k // GROUP, block_bytes)
+
+
+def _fp16(b: torch.Tensor) -> torch.Tensor:
+    """Two little-endian bytes per block -> fp32 [N, K // 32]."""
+    return b.contiguous().view(torch.float16).squeeze(-1).float()
+
+
+def _nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """16 bytes per block -> 32 values: low nibbles are elements 0..15, high ones 16..31."""
+    return torch.cat([qs & 0x0F, qs >> 4], -1)
+
+
+def from_gguf(raw: torch.Tensor, qtype: str, shape: tuple[int, int]) -> QuantWeight:
+    """A Q4_0 / Q4_1 / Q8_0 tensor's raw bytes (uint8) as a `QuantWeight` with the same integers."""
+    n, k = shape
+    if qtype == "Q4_0":  # [d fp16][16 bytes]: w = d * (q - 8)
+        b = _blocks(raw, n, k, 18)
+        d = _fp16(b[..., :2])
+        q = _nibbles(b[..., 2:]).reshape(n, k)
+        return QuantWeight(4, q[None], d[None], torch.zeros_like(d)[None])
+    if qtype == "Q4_1":  # [d fp16][m fp16][16 bytes]: w = d * q + m
+        b = _blocks(raw, n, k, 20)
+        d, m = _fp16(b[..., :2]), _fp16(b[..., 2:4])
+        q = _nibbles(b[..., 4:]).reshape(n, k)
+        return QuantWeight(4, q[None], d[None], (m + 8 * d)[None])
+    if qtype == "Q8_0":  # [d fp16][32 int8]: w = d * q
+        b = _blocks(raw, n, k, 34)
+        d = _fp16(b[..., :2])
+        q = b[..., 2:].contiguous().view(torch.int8).reshape(n, k)
+        return split_int8_groups(q, d)
+    raise ValueError(f"no int kernel mapping for {qtype}")
+
+
+def split_int8_groups(q: torch.Tensor, d: torch.Tensor) -> QuantWeight:
+    """w = d * q (q int8 [N, K], d [N, K // 32]) as two exact 4-bit weights: q = 16 hi + lo with
+    hi in -8..7 and lo in 0..15, so w = (hi' - 8) * 16 d + (lo - 8) * d + 8 d with hi' = hi + 8."""
+    qi = q.to(torch.int16)
+    hi, lo = torch.div(qi, 16, rounding_mode="floor"), qi % 16
+    parts = torch.stack([hi + 8, lo]).to(torch.uint8)
+    scales = torch.stack([16 * d, d])
+    zeros = torch.stack([torch.zeros_like(d), 8 * d])
+    return QuantWeight(4, parts, scales, zeros)
+
+
+# -- from float weights (any checkpoint) -----------------------------------------------------
+def quantize_int8(w: torch.Tensor) -> QuantWeight:
+    """Symmetric per-output-channel int8 (absmax / 127), the int8 kernel's own layout."""
+    w = w.float()
+    scale = (w.abs().amax(1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+    scale = scale.to(KERNEL_DTYPE).float()  # quantize against the scale the kernel will use
+    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return QuantWeight(8, q, scale, None)
+
+
+def quantize_int4(w: torch.Tensor, group: int = GROUP) -> QuantWeight:
+    """Asymmetric 4-bit in groups of `group` along K (min / max per group), as GGUF's Q4_1."""
+    n, k = w.shape
+    if k % group:
+        raise ValueError(f"int4 needs the input size ({k}) to be a multiple of {group}")
+    g = w.float().reshape(n, k // group, group)
+    lo, hi = g.amin(-1), g.amax(-1)
+    scale = ((hi - lo) / 15).clamp(min=torch.finfo(torch.float32).tiny)
+    scale = scale.to(KERNEL_DTYPE).float()
+    q = torch.round((g - lo[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8)
+    zero = lo + 8 * scale  # (q - 8) * s + zero == q * s + lo
+    return QuantWeight(4, q.reshape(n, k)[None], scale[None], zero[None], group)
