@@ -233,6 +233,20 @@ class TokenGraph:
         if not 0 <= rows <= self.length or bool((self.seg[:rows] != ROOT).any()):
             raise ValueError(f"{rows} rows are not a root-segment prefix of the graph")
 
+    def checkpoint(self) -> tuple:
+        """What `rollback` needs to undo everything appended, forked or joined after now."""
+        return self.length, len(self.parents), set(self.sealed)
+
+    def rollback(self, mark: tuple) -> None:
+        """Back to a `checkpoint`: later rows, segments and seals are forgotten. Rows below the
+        mark are never moved by the operations in between (keep compacts only newer rows)."""
+        length, segments, sealed = mark
+        self.truncate(length)
+        del self.parents[segments:]
+        self.sees[segments:] = False
+        self.sees[:, segments:] = False
+        self.sealed = sealed
+
     def truncate(self, length: int) -> None:
         """Roll back to the first `length` rows."""
         if not 0 <= length <= self.length:

@@ -114,7 +114,7 @@ class Engine:
         self._admit()
         stepped = list(self.running)
         if stepped:
-            self.method.step(self, stepped)
+            self._advance(stepped)
         now = time.perf_counter()
         for req in stepped:
             req.stats.seconds = now - req.started
@@ -123,6 +123,54 @@ class Engine:
                 self._release(req)
         self.running = [r for r in self.running if not r.finished]
         return stepped
+
+    def _advance(self, reqs: list[Request]) -> None:
+        """`method.step`, undone if it raises: every request gets its state and cached rows
+        back, drops what the method held for it (drafts and the like are rebuilt from the
+        request), and steps again alone, so only a request that fails by itself fails."""
+        saved = [(r, r.snapshot()) for r in reqs]
+        try:
+            self.method.step(self, reqs)
+        except Exception as err:
+            for r, snap in saved:
+                r.restore(snap)
+                self.method.release(r)
+            if len(reqs) == 1 or not getattr(self.method, "rebuilds_state", True):
+                # a method whose per-request state cannot be rebuilt loses the whole step
+                for r in reqs:
+                    self._fail(r, err)
+                return
+            for r in reqs:
+                if not r.finished:  # a failing sibling may have ended it already
+                    self._advance([r])
+            return
+        for r, snap in saved:
+            if r.error is not None and r.finish_reason != "error":  # its logits processor failed
+                r.restore(snap)
+                self._fail(r, r.error)
+
+    def _fail(self, req: Request, err: Exception) -> None:
+        """End every sample of `req`'s prompt with `err`; the engine frees them."""
+        for s in req.samples:
+            if s.finish_reason in (None, "error"):
+                s.error = s.error or err
+                s.finish_reason = "error"
+        self._drop_waiting(req)
+
+    def _drop_waiting(self, req: Request) -> None:
+        if any(s in self.waiting for s in req.samples):
+            self.waiting = deque(r for r in self.waiting if r.samples is not req.samples)
+
+    def abort(self, req: Request) -> None:
+        """Stop every sample of `req`'s prompt now, keeping what they produced (finish_reason
+        "abort"); their cache slots and the method's state for them are freed at once."""
+        self._drop_waiting(req)
+        for s in req.samples:
+            if not s.finished:
+                s.finish_reason = "abort"
+            if s in self.running:
+                self._release(s)
+        self.running = [r for r in self.running if r.samples is not req.samples]
 
     def _admit(self) -> None:
         """Fill free slots from the queue in order, passing over samples that wait a step for a
@@ -146,7 +194,7 @@ class Engine:
 
     def _hand_over(self, req: Request, now: float) -> None:
         """A finished sample's slot, cut back to its prompt rows, goes to a waiting sibling."""
-        heir = next((s for s in req.samples if s.started is None), None)
+        heir = next((s for s in req.samples if s.started is None and not s.finished), None)
         if heir is None or req.graph is None:
             return
         self.waiting.remove(heir)
@@ -172,7 +220,9 @@ class Engine:
         """One output per prompt, in order; `progress` advances once per finished sample."""
         reqs = [self.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
         try:
-            for _ in self.run():
+            for req in self.run():
+                if req.error is not None:
+                    raise req.error
                 if progress is not None:
                     progress.update(1)
         except BaseException:

@@ -8,12 +8,13 @@ prompt's cached rows from a running sibling instead of recomputing them), and th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from braid.cache import TokenGraph
+from braid.errors import InvalidRequestError
 from braid.model.tokenizer import Tokenizer
 from braid.sampling import SamplingParams, make_generator
 
@@ -180,6 +181,12 @@ class Request:
         self.index = index
         self.samples: list[Request] = samples if samples is not None else []
         self.samples.append(self)
+        if params.logits_processors:  # a processor that raises fails this request alone
+            guarded = replace(
+                params, logits_processors=[self._guard(f) for f in params.logits_processors]
+            )
+            guarded.unset, params = params.unset, guarded
+            self.params = params
         self.generator: torch.Generator = make_generator(sample_seed(params.seed, index))
         self.graph: TokenGraph | None = None
         self.output_ids: list[int] = []
@@ -187,7 +194,8 @@ class Request:
         self.emitted = 0  # characters of `text` already streamed
         # text pieces to stream, for methods whose output is not a growing prefix (multiverse)
         self.chunks: list[str] | None = None
-        self.finish_reason: str | None = None
+        self.finish_reason: str | None = None  # "stop", "length", "abort" or "error"
+        self.error: Exception | None = None  # why it failed ("error"); its peers ran on
         self.stats = RequestStats(prompt_tokens=len(prompt_ids))
         self.started: float | None = None
         self._detok = Detokenizer(tokenizer, prompt_ids)
@@ -195,6 +203,28 @@ class Request:
         if not params.ignore_eos:
             self._stop_ids |= set(eos_token_ids)
         self._limit = min(params.max_tokens, max_context - len(prompt_ids))
+
+    def _guard(self, proc: Callable) -> Callable:
+        """`proc` with its failures (an exception, a result that is not a logits row) recorded
+        on this request instead of raised in the middle of its peers' batch."""
+
+        def run(ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+            if self.error is not None:
+                return logits
+            try:
+                out = proc(ids, logits)
+                if not isinstance(out, torch.Tensor) or out.shape != logits.shape:
+                    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                    raise InvalidRequestError(
+                        f"a logits processor must return a tensor of shape "
+                        f"{tuple(logits.shape)}, got {got}"
+                    )
+            except Exception as err:
+                self.error = err
+                return logits
+            return out
+
+        return run
 
     @property
     def finished(self) -> bool:
@@ -249,6 +279,34 @@ class Request:
         if hits:
             self.text = self.text[: min(hits)]
         return bool(hits)
+
+    def snapshot(self) -> tuple:
+        """Everything a step may change (outputs, text, stats, the draw, the cached rows), so a
+        step that fails can be undone with `restore` as if it had never run."""
+        stats = replace(self.stats, warnings=list(self.stats.warnings))
+        chunks = None if self.chunks is None else list(self.chunks)
+        detok = (len(self._detok.ids), self._detok.prefix, self._detok.read)
+        graph = None if self.graph is None else self.graph.checkpoint()
+        state = self.generator.get_state()
+        return (
+            len(self.output_ids),
+            self.text,
+            self.finish_reason,
+            stats,
+            chunks,
+            detok,
+            graph,
+            state,
+        )
+
+    def restore(self, snap: tuple) -> None:
+        outputs, self.text, self.finish_reason, self.stats, self.chunks, detok, graph, state = snap
+        del self.output_ids[outputs:]
+        ids, self._detok.prefix, self._detok.read = detok
+        del self._detok.ids[ids:]
+        if graph is not None and self.graph is not None:
+            self.graph.rollback(graph)
+        self.generator.set_state(state)
 
     def take_delta(self) -> str:
         """New text since the last call; holds back a tail that could still start a stop string."""
