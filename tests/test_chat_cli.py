@@ -77,7 +77,7 @@ def test_generate_chat_and_batch_output_are_labelled(chat_dir, tmp_path):
 def test_help_shows_defaults_and_system_needs_chat(chat_dir):
     r = braid("generate", "--help")
     assert "default: the model's generation_config, else 1.0" in r.stdout
-    assert "(default: 4)" in r.stdout  # --gamma
+    assert "(default: auto)" in r.stdout  # --gamma
     r = braid("generate", "--model", str(chat_dir), "--prompt", "x", "--system", "s")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--system needs --chat" in r.stderr
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from braid.errors import BraidError, BraidWarning
 from braid.methods.config import DEFAULTS, METHODS, MethodConfig, parse_gamma
+from braid.model.loader import WEIGHTS
 
 EXIT_USAGE = 2
 
@@ -34,7 +35,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=["auto", "bf16", "fp16", "fp32"],
         default="auto",
-        help="weight dtype (auto: bf16 where the CPU has native bf16, else fp32)",
+        help="compute dtype (auto: bf16 where the CPU has native bf16, else fp32); an explicit "
+        "dtype runs a GGUF file dequantized",
+    )
+    p.add_argument(
+        "--weights",
+        choices=list(WEIGHTS),
+        default="auto",
+        help="how the matrices are kept: auto = a GGUF file's own precision (Q4_0/Q4_1/Q8_0 "
+        "integers on int4 kernels, other types bf16) or --dtype for other checkpoints; bf16 / "
+        "fp32 = dequantized; int8 / int4 = weight-only, quantized at load (default: auto)",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
 
@@ -60,8 +70,9 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
         "--gamma",
         type=parse_gamma,
         default=DEFAULTS.gamma,
-        help="drafted tokens per target pass (heads-tree: nodes of the draft tree), or 'auto' "
-        "(spec, block, mtad, mtad-tree): adapted per request from its acceptance "
+        help="'auto': each request's draft length (0 included) is chosen every step from "
+        "measured pass times and its acceptance, for the most tokens/s of the batch; or a "
+        "fixed number of drafted tokens per target pass (heads-tree: nodes of the draft tree) "
         "(default: %(default)s)",
     )
     p.add_argument(
@@ -226,6 +237,7 @@ def _load(args, method: str):
     return LLM(
         model,
         dtype=args.dtype,
+        weights=args.weights,
         threads=args.threads,
         max_batch=args.max_batch,
         draft=args.draft,

@@ -8,16 +8,15 @@ import pytest
 
 from braid import LLM, InvalidRequestError, MethodConfig, SamplingParams
 from braid.cli import build_parser, main
-from braid.methods import DRAFT_METHODS, METHODS, make_method
+from braid.methods import METHODS, make_method
 
 
 @pytest.mark.parametrize(
     "kwargs,match",
     [
         (dict(name="nope"), "available: ar, spec"),
-        (dict(name="ar", gamma="auto"), "auto"),
-        (dict(name="heads-tree", gamma="auto"), "auto"),
         (dict(name="spec", gamma=0), "gamma"),
+        (dict(name="ngram", gamma="eight"), "gamma"),
         (dict(name="spec", gamma=True), "gamma"),
         (dict(name="spec", gamma="3"), "gamma"),
         (dict(name="mtad", beams=0), "beams"),
@@ -32,16 +31,18 @@ def test_bad_options_are_refused_once_with_what_is_valid(kwargs, match):
         MethodConfig(**kwargs)
 
 
-def test_auto_gamma_is_for_the_draft_methods_and_configs_are_frozen():
-    for name in DRAFT_METHODS:
-        assert MethodConfig(name, gamma="auto").gamma == "auto"
+def test_auto_gamma_is_the_default_of_every_method_and_configs_are_frozen():
+    for name in METHODS:
+        assert MethodConfig(name).gamma == "auto"
+    assert make_method(MethodConfig("ngram", gamma=3)).lengths.gamma == 3
+    assert make_method(MethodConfig("ngram")).lengths.adaptive
     with pytest.raises(dataclasses.FrozenInstanceError):
         MethodConfig().gamma = 3
     with pytest.raises(InvalidRequestError):  # a copy is validated too
         dataclasses.replace(MethodConfig("spec"), gamma=0)
 
 
-def test_a_gamma_shared_across_a_sweep_adapts_only_where_it_can():
+def test_a_gamma_shared_across_a_sweep_is_every_method_s():
     assert MethodConfig.sharing_gamma("spec", "auto").gamma == "auto"
     assert MethodConfig.sharing_gamma("ar", "auto") == MethodConfig("ar")
     assert MethodConfig.sharing_gamma("heads-tree", 6).gamma == 6
@@ -81,8 +82,8 @@ def test_cli_flags_default_to_the_dataclass_and_show_it_in_help(capsys):
 
 
 def test_cli_refuses_bad_method_options_before_loading_a_model(capsys):
-    assert main(["generate", "--prompt", "x", "--gamma", "auto"]) == 2
-    assert "gamma='auto'" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--method", "ngram", "--gamma", "0"]) == 2
+    assert "gamma must be an integer >= 1" in capsys.readouterr().err
     assert main(["generate", "--prompt", "x", "--method", "mtad", "--tau", "-1"]) == 2
     assert "tau" in capsys.readouterr().err
 
@@ -94,8 +95,8 @@ def test_old_keyword_options_still_work_for_one_release(llama_dir):
         old = llm.generate("The quick", params, method="ar", gamma=3)
     new = llm.generate("The quick", params, method=MethodConfig("ar", gamma=3))
     assert old[0].token_ids == new[0].token_ids
-    with pytest.raises(InvalidRequestError, match="auto"), pytest.warns(DeprecationWarning):
-        llm.generate("x", params, method="ar", gamma="auto")
+    with pytest.raises(InvalidRequestError, match="gamma"), pytest.warns(DeprecationWarning):
+        llm.generate("x", params, method="ar", gamma=0)
     with pytest.raises(TypeError, match="gama"):
         llm.generate("x", params, gama=3)
 

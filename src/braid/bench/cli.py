@@ -39,18 +39,19 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--methods", default="ar", help="comma-separated braid methods (default: ar)")
     p.add_argument(
         "--peer",
-        choices=["transformers", "transformers-assisted", "none"],
+        choices=["transformers", "transformers-assisted", "transformers-lookup", "none"],
         default="transformers",
         help="transformers: its generate(); transformers-assisted: generate(assistant_"
-        "model=the draft) with --gamma drafted tokens (batch 1 only); none",
+        "model=the draft) with --gamma drafted tokens (batch 1 only); transformers-lookup: "
+        "generate(prompt_lookup_num_tokens=--gamma, 10 under auto) (batch 1 only); none",
     )
     p.add_argument(
         "--gamma",
         type=parse_gamma,
         default=DEFAULTS.gamma,
-        help="drafted tokens per target pass, or 'auto' (spec, block, mtad and mtad-tree adapt "
-        "it per request, the other methods take the default; the peer runs transformers' "
-        "'heuristic' schedule) (default: %(default)s)",
+        help="drafted tokens per target pass, or 'auto' (every drafting method picks each "
+        "request's length per step from measured pass times and its acceptance; the assisted "
+        "peer runs transformers' 'heuristic' schedule) (default: %(default)s)",
     )
     p.add_argument(
         "--model",

@@ -99,12 +99,14 @@ def random_prompts(batch: int, length: int, vocab: int, seed: int = 0) -> list[l
     return torch.randint(3, vocab, (batch, length), generator=gen).tolist()
 
 
-PEERS = ("transformers", "transformers-assisted", "none")
+PEERS = ("transformers", "transformers-assisted", "transformers-lookup", "none")
+LOOKUP_TOKENS = 10  # transformers-lookup under gamma "auto": the value transformers' docs use
 
 
 class Peer:
     """transformers' own `generate` on the same checkpoint, optionally with its assisted
-    generation (`assistant_model`) on the same draft. For a fair comparison the assistant drafts
+    generation (`assistant_model`) on the same draft, or its prompt lookup (`lookup`:
+    `prompt_lookup_num_tokens`, the peer of `ngram`). For a fair comparison the assistant drafts
     a fixed `gamma` tokens (constant schedule) and its confidence early-exit is off."""
 
     def __init__(
@@ -113,31 +115,37 @@ class Peer:
         dtype: torch.dtype,
         draft: Path | None = None,
         gamma: int | str = 4,
+        lookup: bool = False,
     ):
         import transformers as tf
 
         self.model = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
         self.assistant = None
         self.name = "transformers"
+        self.extra: dict = {}
+        if lookup:
+            self.name = "transformers-lookup"
+            self.extra = {"prompt_lookup_num_tokens": LOOKUP_TOKENS if gamma == "auto" else gamma}
         if draft is not None:
             self.name = "transformers-assisted"
             self.assistant = tf.AutoModelForCausalLM.from_pretrained(draft, dtype=dtype).eval()
             config = self.assistant.generation_config
-            # gamma "auto": transformers' own adaptive schedule, the rule braid's "auto" follows
+            # gamma "auto": transformers' own adaptive ("heuristic") schedule
             auto = gamma == "auto"
             config.num_assistant_tokens = 4 if auto else gamma
             config.num_assistant_tokens_schedule = "heuristic" if auto else "constant"
             config.assistant_confidence_threshold = 0.0
 
     def supports(self, batch: int) -> bool:
-        return self.assistant is None or batch == 1  # assisted generation is batch-1 only
+        # assisted generation and prompt lookup are batch-1 only
+        return (self.assistant is None and not self.extra) or batch == 1
 
     def generate(
         self, prompts: list[list[int]], new_tokens: int, batch: int, temperature: float = 0.0
     ) -> list[list[int]]:
         """Continuations, `batch` prompts per call (left-padded when ragged); greedy at 0, else
         plain sampling at `temperature` (transformers' default top-k 50 switched off)."""
-        extra = {"assistant_model": self.assistant} if self.assistant is not None else {}
+        extra = {"assistant_model": self.assistant} if self.assistant is not None else self.extra
         sampling: dict = {"do_sample": False}
         if temperature > 0:
             sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
@@ -199,7 +207,8 @@ def bench_model(
         if peer == "transformers-assisted":
             assistant = draft if draft is not None else _default_draft(llm)
             assistant = resolve_model_dir(find_model(assistant), llm.model.dtype)
-        ref = Peer(Path(llm.model_dir), llm.model.dtype, assistant, gamma)
+        lookup = peer == "transformers-lookup"
+        ref = Peer(Path(llm.model_dir), llm.model.dtype, assistant, gamma, lookup)
     streamed = streamed_weight_bytes(Path(llm.model_dir))  # a .gguf: its converted directory
     braid_bytes = llm.model.weight_bytes()
     if texts is None:  # random ids: one batch of `batch` prompts per timed call
@@ -301,7 +310,7 @@ def _time_group(
         row.joules_per_token = statistics.median(joules[contender])
         row.vs_ar = tps / ar_tps
         if contender == "peer":
-            row.tokens_per_pass = 1.0 if ref.assistant is None else float("nan")
+            row.tokens_per_pass = 1.0 if ref.assistant is None and not ref.extra else float("nan")
         else:
             s = stats[contender]
             row.tokens_per_pass = total / sum(x.passes for x in s)

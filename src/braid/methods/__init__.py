@@ -8,6 +8,7 @@ from braid.errors import InvalidRequestError
 from braid.methods.config import (
     DRAFT_METHODS,
     HEADS_METHODS,
+    HEADS_TREE_NODES,
     LOOKUP_METHODS,
     METHODS,
     MethodConfig,
@@ -92,7 +93,8 @@ def make_method(config: MethodConfig | str = "ar", draft=None, heads=None) -> Me
     if name == "heads-tree":
         from braid.methods.heads_tree import HeadsTree
 
-        return HeadsTree(heads, nodes=config.gamma)
+        nodes = HEADS_TREE_NODES if config.gamma == "auto" else config.gamma
+        return HeadsTree(heads, nodes=nodes)
     from braid.methods.heads import HeadsSpeculative
 
-    return HeadsSpeculative(heads, rule=name)
+    return HeadsSpeculative(heads, rule=name, gamma=config.gamma)

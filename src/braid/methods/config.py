@@ -30,6 +30,7 @@ METHODS = (
 )
 HEADS_METHODS = ("heads", "heads-block", "heads-tree")
 DRAFT_METHODS = ("spec", "block", "mtad", "mtad-tree")
+HEADS_TREE_NODES = 4  # heads-tree's draft tree under gamma="auto"
 LOOKUP_METHODS = ("ngram", "ngram-block")  # prompt lookup: no draft model, no weights
 AUTO = "auto"
 
@@ -42,15 +43,17 @@ def _positive_int(value: object) -> bool:
 class MethodConfig:
     """A decoding method and its options; options a method does not use are ignored.
 
-    name: one of `METHODS`. gamma: drafted tokens per target pass (heads-tree: nodes of the
-    draft tree), or "auto" for the draft-model methods (`DRAFT_METHODS`), which then adapt it
-    per request from its acceptance (+2 after a fully accepted draft, -1 after a rejection,
-    within 1..8). beams, tau: mtad's draft beams and joint acceptance threshold. max_paths,
+    name: one of `METHODS`. gamma: "auto" (the default): every drafting method picks each
+    request's draft length per step, 0 included, to maximise the batch's expected tokens per
+    second from measured pass times and the request's running acceptance
+    (`braid.methods.policy`); heads-tree then drafts `HEADS_TREE_NODES` nodes. An integer
+    fixes the drafted tokens per target pass (heads: at most n - 1; heads-tree: nodes of the
+    draft tree). beams, tau: mtad's draft beams and joint acceptance threshold. max_paths,
     max_depth: multiverse forks with more paths or deeper nesting decode sequentially.
     """
 
     name: str = "ar"
-    gamma: int | Literal["auto"] = 4
+    gamma: int | Literal["auto"] = AUTO
     beams: int = 4
     tau: float = 0.5
     max_paths: int = 16
@@ -61,13 +64,7 @@ class MethodConfig:
             raise InvalidRequestError(
                 f"unknown method {self.name!r}; available: {', '.join(METHODS)}"
             )
-        if self.gamma == AUTO:
-            if self.name not in DRAFT_METHODS:
-                raise InvalidRequestError(
-                    f"gamma='auto' (adaptive) is for the draft-model methods "
-                    f"{', '.join(DRAFT_METHODS)}, not {self.name!r}"
-                )
-        elif not _positive_int(self.gamma):
+        if self.gamma != AUTO and not _positive_int(self.gamma):
             raise InvalidRequestError(
                 f"gamma must be an integer >= 1 or 'auto', got {self.gamma!r}"
             )
@@ -81,10 +78,7 @@ class MethodConfig:
 
     @classmethod
     def sharing_gamma(cls, name: str, gamma: int | str) -> MethodConfig:
-        """`name` in a sweep of methods that share one gamma (`braid bench --gamma auto`):
-        "auto" adapts where the method can and means the default gamma elsewhere."""
-        if gamma == AUTO and name not in DRAFT_METHODS:
-            return cls(name)
+        """`name` in a sweep of methods that share one gamma (`braid bench --gamma 4`)."""
         return cls(name, gamma=gamma)
 
 
@@ -98,7 +92,7 @@ def method_config(method: str | MethodConfig) -> MethodConfig:
 
 
 def parse_gamma(text: str) -> int | str:
-    """argparse type of --gamma: an integer, or 'auto' for adaptive drafting."""
+    """argparse type of --gamma: an integer, or 'auto' for the batch-aware policy."""
     if text == AUTO:
         return text
     try:

@@ -20,7 +20,8 @@ from braid.heads.draft import condition, marginal
 from braid.heads.module import CPHeads
 from braid.methods import acceptance
 from braid.methods.penalties import penalise
-from braid.methods.verify import keep, score_chains, verdict
+from braid.methods.policy import DraftLengths
+from braid.methods.verify import keep, verdict
 from braid.sampling import process_logits, sample
 
 if TYPE_CHECKING:
@@ -57,20 +58,27 @@ def posteriors(heads: CPHeads, hidden: torch.Tensor, unembed, stop: int, drawn: 
 
 
 class HeadsSpeculative:
-    def __init__(self, heads: CPHeads, rule: str = "heads"):
+    """`gamma`: drafted tokens per pass (at most n - 1), or "auto": the batch-aware policy
+    (`braid.methods.policy`) picks each request's length per step, 0 included. The heads'
+    cost is one small pass whatever the length, so only the verify pass is modelled."""
+
+    def __init__(self, heads: CPHeads, rule: str = "heads", gamma: int | str = "auto"):
         self.name = rule
         self.rule = RULES[rule]
         self.heads = heads.pack()
         self.hidden: dict[int, torch.Tensor] = {}  # request id -> state that drew its last token
+        self.lengths = DraftLengths(gamma, draft_cost=False, max_gamma=heads.config.n - 1)
 
     def release(self, request: Request) -> None:
         self.hidden.pop(request.id, None)
+        self.lengths.release(request.id)
 
     def _budget(self, engine: Engine, r: Request) -> int:
         if r.id not in self.hidden:
             return 0
         room = engine.max_context - r.num_tokens
-        return max(0, min(self.heads.config.n - 1, r.remaining - 1, room))
+        longest = min(self.heads.config.n - 1, self.lengths.longest)
+        return max(0, min(longest, r.remaining - 1, room))
 
     @torch.inference_mode()
     def _draft(self, engine: Engine, requests: list[Request], budgets: dict[int, int]):
@@ -112,14 +120,16 @@ class HeadsSpeculative:
         return drafts
 
     def step(self, engine: Engine, requests: list[Request]) -> None:
-        budgets = {r.id: self._budget(engine, r) for r in requests}
+        caps = [self._budget(engine, r) for r in requests]
+        budgets = dict(zip([r.id for r in requests], self.lengths.plan(requests, caps)))
         drafts = self._draft(engine, requests, budgets)
 
         # -- verify: pending token(s) plus the draft in one target pass, hidden states included
         chains = [drafts[r.id][0] for r in requests]
-        scored = score_chains(engine, requests, chains, return_hidden=True)
+        scored = self.lengths.timed_score(engine, requests, chains, return_hidden=True)
         for i, r in enumerate(requests):
             draft, qs = drafts[r.id]
             tau, nxt = verdict(self.rule, r, draft, qs, scored.logits[i])
+            self.lengths.record(r.id, len(draft), tau)
             self.hidden[r.id] = scored.hidden[i][tau]  # the state that drew nxt drafts next
             keep(r, draft, tau, nxt, scored.kept_base[i])

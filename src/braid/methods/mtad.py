@@ -18,6 +18,7 @@ not the target's (at temperature 0 it is: it reduces to greedy verification).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -26,10 +27,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from braid.cache import ROOT
-from braid.methods.acceptance import AUTO_START, joint_threshold, next_gamma
-from braid.methods.draft import Drafter
+from braid.methods.acceptance import joint_threshold
 from braid.methods.penalties import penalise, penalise_trees
-from braid.methods.verify import score_chains
+from braid.methods.speculative import DraftSpeculative
 from braid.model.batch import Append, build_batch, tree_append
 from braid.model.transformer import Transformer
 from braid.sampling import process_logits, sample
@@ -169,31 +169,34 @@ def tree_verdict(nodes: list[Node], p: torch.Tensor, tau: float) -> tuple[list[i
 
 
 class Mtad:
-    """`gamma="auto"` adapts the draft depth per request as `spec` does: +2 after a fully kept
-    draft, -1 otherwise, within [1, 8]."""
+    """`gamma="auto"`: the batch-aware policy (`braid.methods.policy`) picks each request's
+    draft depth per step, 0 included (a tree's verify pass holds `beams` nodes per depth).
+
+    At temperature 0 beam sampling keeps one beam and the joint test is greedy verification,
+    so a batch of greedy requests runs `spec`'s width-1 step (same draft cache, same policy):
+    never slower than `spec` there, and token for token `ar`'s output."""
 
     def __init__(
         self,
         draft: Transformer,
-        gamma: int | str = 4,
+        gamma: int | str = "auto",
         beams: int = 4,
         tau: float = 0.5,
         tree: bool = False,
     ):
-        self.adaptive = gamma == "auto"
-        if not self.adaptive and not (isinstance(gamma, int) and gamma >= 1):
+        if gamma != "auto" and not (isinstance(gamma, int) and gamma >= 1):
             raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")
         if beams < 1 or not tau > 0:
             raise ValueError(f"need beams >= 1 and tau > 0; got {beams}, {tau}")
         self.name = "mtad-tree" if tree else "mtad"
-        self.drafter = Drafter(draft)
-        self.gamma = AUTO_START if self.adaptive else gamma
         self.beams, self.tau, self.tree = beams, tau, tree
-        self.wanted: dict[int, int] = {}  # adaptive depth per request
+        self.greedy = DraftSpeculative(draft, "spec", gamma)  # the width-1 path
+        self.drafter = self.greedy.drafter
+        self.lengths = self.greedy.lengths
+        self.lengths.width = beams if tree else 1
 
     def release(self, request: Request) -> None:
-        self.drafter.release(request)
-        self.wanted.pop(request.id, None)
+        self.greedy.release(request)
 
     # -- draft: beam sampling on the draft model's token graph -------------------------------
     def _propose(self, engine: Engine, requests: list[Request]):
@@ -201,12 +204,11 @@ class Mtad:
         graphs = {r.id: self.drafter.graph(engine, r) for r in requests}
         # the tree pass holds every beam node in the target cache, the draft holds W per step
         target_width = self.beams if self.tree else 1
-        depth = {
-            r.id: self.drafter.budget(
-                engine, r, self.wanted.get(r.id, self.gamma), self.beams, target_width
-            )
+        caps = [
+            self.drafter.budget(engine, r, self.lengths.longest, self.beams, target_width)
             for r in requests
-        }
+        ]
+        depth = dict(zip([r.id for r in requests], self.lengths.plan(requests, caps)))
         drafts = {r.id: BeamDraft(self.beams) for r in requests}
         caught_up: dict[int, int] = {}
         for s in range(max(depth.values(), default=0)):
@@ -244,9 +246,11 @@ class Mtad:
                 n += len(toks)
                 last += range(n - len(toks), n)
                 owners += [r] * len(toks)
+            start = time.perf_counter()
             logits, _ = self.drafter.model.forward(
                 build_batch(appends, self.drafter.model.windows), torch.tensor(last)
             )
+            self.lengths.observe_draft(n, time.perf_counter() - start)
             logits = penalise(logits[:, :vocab], owners, seen)
             probs = self.drafter.probs(logits, owners, vocab)
             for r in active:
@@ -258,15 +262,16 @@ class Mtad:
 
     # -- verify ----------------------------------------------------------------------------
     def step(self, engine: Engine, requests: list[Request]) -> None:
+        if all(r.params.greedy for r in requests):
+            self.greedy.step(engine, requests)
+            return
         graphs, depth, drafts, caught_up = self._propose(engine, requests)
         if self.tree:
             kept = self._verify_tree(engine, requests, drafts)
         else:
             kept = self._verify_chain(engine, requests, drafts)
         for r in requests:  # the draft cache keeps its prefix and the accepted, drafted path
-            if self.adaptive and depth[r.id]:
-                current = self.wanted.get(r.id, self.gamma)
-                self.wanted[r.id] = next_gamma(current, len(kept[r.id]) == depth[r.id])
+            self.lengths.record(r.id, depth[r.id], len(kept[r.id]))
             if depth[r.id] and not r.finished:
                 ns = drafts[r.id].nodes
                 drafted = [ns[i].row for i in kept[r.id] if ns[i].row >= 0]
@@ -276,7 +281,7 @@ class Mtad:
     def _verify_chain(self, engine, requests, drafts) -> dict[int, list[int]]:
         chains = [drafts[r.id].best_chain() for r in requests]
         tokens = [[drafts[r.id].nodes[i].token for i in c] for r, c in zip(requests, chains)]
-        scored = score_chains(engine, requests, tokens)
+        scored = self.lengths.timed_score(engine, requests, tokens)
         kept = {}
         for i, r in enumerate(requests):
             k = len(chains[i])
@@ -297,7 +302,9 @@ class Mtad:
             appends.append(tree_append(r.graph, pending, tree, [nd.parent for nd in ns]))
             rows.extend(range(n + len(pending) - 1, n + len(pending) + len(ns)))
             n += len(pending) + len(ns)
+        start = time.perf_counter()
         logits, _, _ = engine.forward(appends, torch.tensor(rows))
+        self.lengths.observe_verify(n, time.perf_counter() - start)
         trees = [
             ([nd.token for nd in ns], [nd.parent for nd in ns])
             for ns in (drafts[r.id].nodes for r in requests)

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from braid.methods import acceptance
-from braid.methods.verify import keep, score_chains, verdict
+from braid.methods.policy import DraftLengths
+from braid.methods.verify import keep, verdict
 
 if TYPE_CHECKING:
     from braid.engine.engine import Engine
@@ -79,40 +80,46 @@ def point_masses(draft: Sequence[int], vocab: int) -> list[torch.Tensor]:
 
 
 class PromptLookup:
+    """`gamma`: the longest draft per step, or "auto": the batch-aware policy
+    (`braid.methods.policy`) picks each request's length, 0 included, up to what it matched."""
+
     def __init__(
         self,
         rule: str = "ngram",
-        gamma: int = 4,
+        gamma: int | str = "auto",
         max_n: int = NGRAM_MAX,
         min_n: int = NGRAM_MIN,
     ):
-        if not (isinstance(gamma, int) and gamma >= 0):
-            raise ValueError(f"gamma must be an integer >= 0, got {gamma!r}")
+        if gamma != "auto" and not (isinstance(gamma, int) and gamma >= 0):
+            raise ValueError(f"gamma must be an integer >= 0 or 'auto', got {gamma!r}")
         self.name = rule
         self.rule = RULES[rule]
-        self.gamma = gamma
+        self.lengths = DraftLengths(gamma, draft_cost=False)
         self.max_n, self.min_n = max_n, min_n
         self.indexes: dict[int, NgramIndex] = {}
 
     def release(self, request: Request) -> None:
         self.indexes.pop(request.id, None)
+        self.lengths.release(request.id)
 
-    def _budget(self, engine: Engine, r: Request, gamma: int) -> int:
-        """Draft length: what the request may still emit and the context holds."""
-        return max(0, min(gamma, r.remaining - 1, engine.max_context - r.num_tokens))
-
-    def _propose(self, r: Request, k: int) -> list[int]:
+    def _propose(self, engine: Engine, r: Request) -> list[int]:
+        """The longest draft this request may take: what it may still emit and the context
+        holds, up to the policy's maximum."""
         index = self.indexes.get(r.id)
         if index is None:
             index = self.indexes[r.id] = NgramIndex(self.max_n, self.min_n)
-        return index.propose(r.all_ids, k)
+        room = min(r.remaining - 1, engine.max_context - r.num_tokens)
+        return index.propose(r.all_ids, max(0, min(self.lengths.longest, room)))
 
     def step(self, engine: Engine, requests: list[Request]) -> None:
         vocab = engine.model.config.vocab_size
-        drafts = [self._propose(r, self._budget(engine, r, self.gamma)) for r in requests]
-        scored = score_chains(engine, requests, drafts)
+        found = [self._propose(engine, r) for r in requests]
+        gammas = self.lengths.plan(requests, [len(f) for f in found])
+        drafts = [f[:g] for f, g in zip(found, gammas)]
+        scored = self.lengths.timed_score(engine, requests, drafts)
         for i, r in enumerate(requests):
             draft = drafts[i]
             qs = [] if r.params.greedy else point_masses(draft, vocab)
             tau, nxt = verdict(self.rule, r, draft, qs, scored.logits[i])
+            self.lengths.record(r.id, len(draft), tau)
             keep(r, draft, tau, nxt, scored.kept_base[i])

@@ -13,15 +13,16 @@ whose text the draft predicts well draft long, the others stop paying for drafts
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import torch
 
 from braid.methods import acceptance
-from braid.methods.acceptance import AUTO_START, next_gamma
 from braid.methods.draft import Drafter
 from braid.methods.penalties import penalise
-from braid.methods.verify import keep, score_chains, verdict
+from braid.methods.policy import DraftLengths
+from braid.methods.verify import keep, verdict
 from braid.model.batch import Append, build_batch
 from braid.model.transformer import Transformer
 from braid.sampling import sample
@@ -34,26 +35,24 @@ RULES = {"spec": acceptance.token_level, "block": acceptance.block}
 
 
 class DraftSpeculative:
-    def __init__(self, draft: Transformer, rule: str = "spec", gamma: int | str = 4):
-        self.adaptive = gamma == "auto"
-        if not self.adaptive and not (isinstance(gamma, int) and gamma >= 1):
+    def __init__(self, draft: Transformer, rule: str = "spec", gamma: int | str = "auto"):
+        if gamma != "auto" and not (isinstance(gamma, int) and gamma >= 1):
             raise ValueError(f"gamma must be an integer >= 1 or 'auto', got {gamma!r}")
         self.name = rule
         self.drafter = Drafter(draft)
         self.draft = draft
         self.rule = RULES[rule]
-        self.gamma = AUTO_START if self.adaptive else gamma
-        self.wanted: dict[int, int] = {}  # adaptive γ per request
+        self.lengths = DraftLengths(gamma)
 
     def release(self, request: Request) -> None:
         self.drafter.release(request)
-        self.wanted.pop(request.id, None)
+        self.lengths.release(request.id)
 
     def step(self, engine: Engine, requests: list[Request]) -> None:
         vocab = engine.model.config.vocab_size
         graphs = {r.id: self.drafter.graph(engine, r) for r in requests}
-        wanted = {r.id: self.wanted.get(r.id, self.gamma) for r in requests}
-        gammas = {r.id: self.drafter.budget(engine, r, wanted[r.id]) for r in requests}
+        caps = [self.drafter.budget(engine, r, self.lengths.longest) for r in requests]
+        gammas = dict(zip([r.id for r in requests], self.lengths.plan(requests, caps)))
         drafts: dict[int, list[int]] = {r.id: [] for r in requests}
         q_rows: dict[int, list[torch.Tensor]] = {r.id: [] for r in requests}
         caught_up: dict[int, int] = {}  # draft rows valid before this step's own proposals
@@ -72,9 +71,11 @@ class DraftSpeculative:
                 appends.append(Append(g, ids, range(g.length, g.length + len(ids))))
                 n += len(ids)
                 last.append(n - 1)
+            start = time.perf_counter()
             logits, _ = self.draft.forward(
                 build_batch(appends, self.draft.windows), torch.tensor(last)
             )
+            self.lengths.observe_draft(n, time.perf_counter() - start)
             # the draft sees the penalties the target will apply after the same tokens
             logits = penalise(logits[:, :vocab], active, [drafts[r.id] for r in active])
             if all(r.params.greedy for r in active):  # no distributions needed: argmax
@@ -93,12 +94,11 @@ class DraftSpeculative:
 
         # -- verify: the pending token(s) and the whole draft in one target pass
         chains = [drafts[r.id] for r in requests]
-        scored = score_chains(engine, requests, chains)
+        scored = self.lengths.timed_score(engine, requests, chains)
         for i, r in enumerate(requests):
             draft, k = chains[i], len(chains[i])
             tau, nxt = verdict(self.rule, r, draft, q_rows[r.id], scored.logits[i])
-            if self.adaptive and k:
-                self.wanted[r.id] = next_gamma(wanted[r.id], tau == k)
+            self.lengths.record(r.id, k, tau)
             keep(r, draft, tau, nxt, scored.kept_base[i])
             if k:  # the draft cache holds y_1..y_{k-1} after its catch-up
                 graphs[r.id].truncate(caught_up[r.id] + min(tau, k - 1))
