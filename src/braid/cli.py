@@ -457,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     from braid.heads.train import add_parser as add_train_heads
     from braid.multiverse.data_cli import add_parsers as add_multiverse_data
     from braid.multiverse.train import add_parser as add_train_multiverse
+    from braid.serve.cli import add_parser as add_serve
     from braid.training.train_lm import add_parser as add_train_lm
 
     add_bench(sub)
@@ -464,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_heads(sub)
     add_multiverse_data(sub)
     add_train_multiverse(sub)
+    add_serve(sub)
     return parser
 
 

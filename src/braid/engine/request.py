@@ -35,6 +35,8 @@ class RequestStats:
     fallbacks: int = 0
     warnings: list[str] = field(default_factory=list)
     cached_prompt_tokens: int = 0  # prompt rows copied from a sibling sample, not recomputed
+    drafts: int = 0  # verify passes that had drafted tokens (vLLM's spec_decode_num_drafts)
+    accepted_per_pos: list[int] = field(default_factory=list)  # [k]: drafts whose token k stuck
 
     @property
     def acceptance_rate(self) -> float:
@@ -254,7 +256,14 @@ class Request:
         self.stats.passes += 1
         self.stats.draft_tokens += proposed
         emitted = self.accept([*kept, nxt])
-        self.stats.accepted_tokens += min(len(kept), emitted)
+        accepted = min(len(kept), emitted)
+        self.stats.accepted_tokens += accepted
+        if proposed:
+            self.stats.drafts += 1
+            per_pos = self.stats.accepted_per_pos
+            per_pos.extend([0] * (proposed - len(per_pos)))
+            for k in range(accepted):
+                per_pos[k] += 1
 
     def accept(self, tokens: Sequence[int]) -> int:
         """Append sampled tokens in order until one finishes the request; returns how many stuck."""
@@ -283,7 +292,11 @@ class Request:
     def snapshot(self) -> tuple:
         """Everything a step may change (outputs, text, stats, the draw, the cached rows), so a
         step that fails can be undone with `restore` as if it had never run."""
-        stats = replace(self.stats, warnings=list(self.stats.warnings))
+        stats = replace(
+            self.stats,
+            warnings=list(self.stats.warnings),
+            accepted_per_pos=list(self.stats.accepted_per_pos),
+        )
         chunks = None if self.chunks is None else list(self.chunks)
         detok = (len(self._detok.ids), self._detok.prefix, self._detok.read)
         graph = None if self.graph is None else self.graph.checkpoint()

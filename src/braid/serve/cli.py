@@ -1,0 +1,115 @@
+"""`braid serve`: the OpenAI-compatible HTTP server (the `serve` extra: fastapi, uvicorn).
+
+FastAPI on uvicorn, as vLLM serves: pydantic validates the bodies into the 400s clients expect,
+SSE streaming and disconnect detection come with Starlette, and uvicorn's graceful shutdown
+drains in-flight requests on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from braid.errors import BraidError, InvalidRequestError
+
+
+def add_parser(sub) -> None:
+    from braid.cli import _add_method_args, _model_args
+
+    p = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible server (/v1/completions, /v1/chat/completions, /metrics)",
+        description="Serve a model over HTTP with the OpenAI API; requests from every client "
+        "share the engine's batches.",
+    )
+    _model_args(p)
+    _add_method_args(p)
+    p.add_argument("--draft", help="draft model for spec/block/mtad/mtad-tree")
+    p.add_argument("--heads", help="CP heads directory for the heads methods")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=8, help="requests decoded at once (slots)")
+    p.add_argument(
+        "--max-waiting",
+        type=int,
+        default=256,
+        help="requests queued for a slot before new ones get 503 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("BRAID_API_KEY"),
+        help="require Authorization: Bearer KEY on every route but /health (default: "
+        "$BRAID_API_KEY, else open)",
+    )
+    p.add_argument("--served-model-name", help="the model name clients send (default: --model's)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        help="seconds SIGTERM waits for in-flight requests (default: %(default)s)",
+    )
+    p.set_defaults(func=serve)
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from braid.serve.app import build_app
+    except ImportError as e:
+        message = f"braid serve needs the serve extra: pip install 'braid-llm[serve]' ({e})"
+        raise BraidError(message) from None
+    from braid.cli import _load, _method_config
+    from braid.engine.engine import Engine
+    from braid.methods import DRAFT_METHODS, HEADS_METHODS, make_method
+    from braid.serve.loop import EngineLoop
+    from braid.serve.metrics import Metrics
+    from braid.serve.serving import Serving
+
+    if not 0 < args.port < 65536:
+        raise InvalidRequestError(f"--port must be in 1..65535, got {args.port}")
+    if args.max_batch < 1 or args.max_waiting < 0:
+        raise InvalidRequestError("--max-batch must be >= 1 and --max-waiting >= 0")
+    config = _method_config(args)
+    llm = _load(args, config.name)
+    draft = llm.draft_model() if config.name in DRAFT_METHODS else None
+    heads = llm.heads() if config.name in HEADS_METHODS else None
+    engine = Engine(llm.model, llm.tokenizer, make_method(config, draft, heads), args.max_batch)
+    name = args.served_model_name or llm.name
+    metrics = Metrics(name)
+    loop = EngineLoop(engine, metrics, max_waiting=args.max_waiting)
+    app = build_app(Serving(llm, loop, name, config), api_key=args.api_key)
+    server = _draining_server(
+        uvicorn,
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            timeout_graceful_shutdown=args.grace,
+        ),
+        loop,
+    )
+    loop.start()
+    url = f"http://{args.host}:{args.port}/v1"
+    print(f"braid: serving {name} ({config.name}) on {url}", file=sys.stderr, flush=True)
+    try:
+        server.run()
+    finally:
+        loop.stop()
+    return 0
+
+
+def _draining_server(uvicorn, config, loop):
+    """uvicorn's server, marking the loop draining (503 for new requests and /health) as soon
+    as a shutdown signal arrives; uvicorn then waits for in-flight requests up to --grace."""
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            loop.draining = True
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
