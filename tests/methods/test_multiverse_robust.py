@@ -72,7 +72,7 @@ MALFORMED = {
     "no_outlines": (no_outlines, "no outlines", 1),
     "bad_numbering": (bad_numbering, "not numbered", 1),
     "path_end_outside": (path_end_outside, "outside a path", 0),
-    "parallel_end_in_path": (parallel_end_in_path, "inside open path 1", 0),
+    "parallel_end_in_path": (parallel_end_in_path, "closes nothing (in path 1)", 0),
     "eos_in_path": (eos_in_path, "end of sequence inside path 1: closed", 0),
 }
 

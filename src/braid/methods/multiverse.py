@@ -11,10 +11,15 @@ forced at max over siblings of position(`</Path>`) + 1. These are exactly the po
 visibility of Multiverse Attention in training (`braid.multiverse.attention`), so one forward
 pass over the final sequence with the training mask reproduces the engine's logits.
 
-Malformed structure never crashes or hangs: a `</Goal>` without well-numbered outlines, too many
-paths, nesting past the cap, `</Path>` outside a path or `</Parallel>` inside an open path are
-recorded as warnings; the branch keeps decoding sequentially (for a refused fork, until the
-block's `</Parallel>`), so the output stays a valid continuation of the model.
+Structure the training layout refuses, the engine refuses: each branch feeds its tags to a
+`braid.multiverse.structure.Structure`, which keeps the stack `multiverse_layout` keeps, so every
+fork, join and path end is one training accepts. Anything else (a block opened inside a Goal or
+a Conclusion, a `</Goal>` without well-numbered outlines, too many paths, nesting past the cap,
+a `</Path>` outside a path or inside a nested block that is still open, a stray `</Parallel>`)
+is recorded as a warning and decoded as text: a refused block up to its own `</Parallel>` (or
+its path's `</Path>`), a stray tag alone. `structural(...)` gives the output with those tags as
+text; `multiverse_layout` accepts it and its positions and visibility are the engine's. End of
+sequence inside a path closes the path (and a joined block still open in it) as training would.
 
 Budgets: `max_tokens` bounds the critical path (the longest chain of positions, as in the
 paper), `SamplingParams.max_total_tokens` all tokens across paths; both finish with "length".
@@ -33,6 +38,7 @@ from braid.methods.autoregressive import sample_next
 from braid.model.batch import Append
 from braid.multiverse import tags as T
 from braid.multiverse.grammar import canonical
+from braid.multiverse.structure import END, FORK, TEXT, Structure
 from braid.sampling import SamplingParams, apply_penalties
 
 if TYPE_CHECKING:
@@ -69,11 +75,12 @@ class Branch:
     context: list[int] = field(default_factory=list)  # generated ids its next token sees
     pending: list[int] = field(default_factory=list)
     pending_pos: list[int] = field(default_factory=list)
-    goal: int | None = None  # index in items of the last `<Goal>` since the last block
-    open_blocks: int = 0  # forked blocks whose `</Parallel>` has not come yet
-    sequential: int = 0  # open `<Parallel>`s being decoded sequentially after a refused fork
     parent: Branch | None = None
     block: Block | None = None  # the block this path belongs to
+    structure: Structure = field(init=False)  # its open tags, as the training layout reads them
+
+    def __post_init__(self) -> None:
+        self.structure = Structure(in_path=self.label is not None)
 
     def schedule(self, tokens: list[int]) -> None:
         """Add tokens to this branch's chain, in order, at its next positions."""
@@ -92,6 +99,34 @@ def flatten(items: list[int | Block]) -> list[int]:
                 out += flatten(path.items)
         else:
             out.append(item)
+    return out
+
+
+def structural(b: Branch, tags: dict[str, int], text: int | None, close: bool = False) -> list[int]:
+    """`flatten(b.items)` with every tag the engine decoded as text replaced by `text` (kept
+    when None): the sequence whose training layout the engine used. With `close`, paths a
+    budget cut short are closed as training would close them, so the sequence is complete."""
+    out: list[int] = []
+    for i, item in enumerate(b.items):
+        if isinstance(item, Block):
+            for path in item.paths:
+                out += structural(path, tags, text, close)
+            if close and b.label is not None and b.state == WAITING and i == len(b.items) - 1:
+                out += [tags[T.CONCLUSION], tags[T.CONCLUSION_END], tags[T.PARALLEL_END]]
+        elif text is not None and i in b.structure.text:
+            out.append(text)
+        else:
+            out.append(item)
+    if close and b.label is not None and b.state != DONE:
+        s = b.structure
+        if s.block is not None and s.block.state in ("start", "goal"):
+            start = len(out) - (len(b.items) - s.block.index)  # the unforked block: text
+            out[start:] = [
+                text if text is not None and t in tags.values() else t for t in out[start:]
+            ]
+        elif s.block is not None and s.block.state != "paths":
+            out += [tags[t] for t in s.closing_tags()]
+        out.append(tags[T.PATH_END])
     return out
 
 
@@ -122,6 +157,8 @@ class Multiverse:
         self.max_paths, self.max_depth = max_paths, max_depth
         self.states: dict[int, State] = {}
         self.tags: dict[str, int] | None = None
+        self.names: dict[int, str] = {}  # id -> structural tag
+        self.released = False  # the released checkpoint's layout (see the module docstring)
 
     def release(self, request: Request) -> None:
         self.states.pop(request.id, None)
@@ -134,7 +171,30 @@ class Multiverse:
             except InvalidRequestError as e:
                 message = f"method 'multiverse' needs a Multiverse model: {e}"
                 raise InvalidRequestError(message) from None
+            self.names = {self.tags[t]: t for t in T.TAGS if t not in (T.THINK, T.THINK_END)}
+            # braid's tags swallow the newlines around them; the released checkpoint's do not
+            self.released = engine.tokenizer.encode(f"\n{T.PATH}\n", special=False) != [
+                self.tags[T.PATH]
+            ]
         return self.tags
+
+    def _path_head(self, engine: Engine, label: str) -> tuple[list[int], list[int]]:
+        """The forced start of path `label`: (tokens before `<Path>`, which every path sees
+        from the forking branch; tokens from `<Path>` on, in the path)."""
+        enc = engine.tokenizer.encode
+        if not self.released:
+            return [], [self.tags[T.PATH], *enc(f"{label}:", special=False)]
+        ids = enc(f"\n{T.PATH}\n{label}:", special=False)  # the official engine's text
+        k = ids.index(self.tags[T.PATH])
+        return ids[:k], ids[k:]
+
+    def _conclusion_head(self, engine: Engine) -> tuple[list[int], list[int]]:
+        """The forced start of a conclusion: (tokens after the last path's `</Path>`, tokens
+        from `<Conclusion>` on)."""
+        if not self.released:
+            return [], [self.tags[T.CONCLUSION]]
+        enc = engine.tokenizer.encode
+        return enc("\n", special=False), enc(f"{T.CONCLUSION}\n", special=False)
 
     def check(self, engine: Engine, params: SamplingParams) -> None:
         """Refuse what this method cannot honour, before the request is queued."""
@@ -203,12 +263,14 @@ class Multiverse:
 
     # -- what a sampled token does ------------------------------------------------------------
     def _advance(self, engine: Engine, req: Request, st: State, b: Branch, token: int) -> None:
-        tags, stop = self.tags, req.stop_ids
+        stop = req.stop_ids
         if token in stop and b is not st.trunk:
             # the path ends there, closed as training closes paths, so the output stays valid
-            self._warn(req, f"end of sequence inside path {b.label}: closed with </Path>")
-            if self._room(req, st, 1, b.next_pos):
-                self._schedule(st, b, [tags[T.PATH_END]])
+            closing = b.structure.closing()
+            closed = "".join(closing)
+            self._warn(req, f"end of sequence inside path {b.label}: closed with {closed}")
+            if self._room(req, st, len(closing), b.next_pos + len(closing) - 1):
+                self._schedule(st, b, [self.tags[t] for t in closing])
                 self._end_path(engine, req, st, b)
             return
         if not self._room(req, st, 1, b.next_pos):
@@ -217,25 +279,19 @@ class Multiverse:
         if token in stop:
             req.finish_reason = "stop"
             return
-        if b.sequential:  # inside a block whose fork was refused: tags are text
-            if token == tags[T.PARALLEL]:
-                b.sequential += 1
-            elif token == tags[T.PARALLEL_END]:
-                b.sequential -= 1
-        elif token == tags[T.GOAL]:
-            b.goal = len(b.items) - 1
-        elif token == tags[T.GOAL_END]:
+        tag = self.names.get(token)
+        if tag is None:
+            return
+        action = b.structure.feed(tag, len(b.items) - 1)
+        if action == FORK:
             self._fork(engine, req, st, b)
-        elif token == tags[T.PATH_END]:
-            if b.label is None:
-                self._warn(req, "</Path> outside a path: kept as text")
-            else:
-                self._end_path(engine, req, st, b)
-        elif token == tags[T.PARALLEL_END]:
-            if b.open_blocks:
-                b.open_blocks -= 1
-            elif b.label is not None:
-                self._warn(req, f"</Parallel> inside open path {b.label}: kept as text")
+        elif action == END:
+            self._end_path(engine, req, st, b)
+        elif action == TEXT and b.structure.problem:
+            where = "the trunk" if b.label is None else f"path {b.label}"
+            self._warn(req, f"{b.structure.problem} (in {where}): kept as text")
+            if tag == T.PARALLEL:
+                req.stats.fallbacks += 1
 
     @staticmethod
     def _schedule(st: State, b: Branch, tokens: list[int]) -> None:
@@ -266,23 +322,21 @@ class Multiverse:
         if problem is not None:
             self._warn(req, f"sequential fallback at </Goal>: {problem}")
             req.stats.fallbacks += 1
-            # decode the block as text until its </Parallel>, if a <Parallel> opened it
-            g = b.goal
-            opened = g is not None and g > 0 and b.items[g - 1] == self.tags[T.PARALLEL]
-            b.sequential, b.goal = int(opened), None
+            b.structure.refuse()  # the block is decoded as text until its </Parallel>
             return
-        forced = [
-            [self.tags[T.PATH], *engine.tokenizer.encode(f"{label}:", special=False)]
-            for label in labels
-        ]
-        longest = max(len(f) for f in forced)
-        if not self._room(req, st, sum(map(len, forced)), b.next_pos + longest - 1):
+        heads = [self._path_head(engine, label) for label in labels]
+        lead, forced = heads[0][0], [head for _, head in heads]
+        goal_end = b.next_pos - 1
+        # every <Path> sits at position(</Goal>) + 1, as does the released layout's newline
+        last = goal_end + max(len(lead), max(map(len, forced)))
+        if not self._room(req, st, len(lead) + sum(map(len, forced)), last):
             return
+        self._schedule(st, b, lead)
         block = Block([])
         for label, segment, tokens in zip(labels, req.graph.fork(b.segment, len(labels)), forced):
             path = Branch(
                 segment=segment,
-                next_pos=b.next_pos,
+                next_pos=goal_end + 1,
                 label=label,
                 depth=b.depth + 1,
                 context=list(b.context),
@@ -292,33 +346,37 @@ class Multiverse:
             self._schedule(st, path, tokens)
             block.paths.append(path)
         b.items.append(block)
-        b.state, b.goal = WAITING, None
-        b.open_blocks += 1
+        b.state = WAITING
+        b.structure.fork()
         st.branches += block.paths
         req.stats.blocks += 1
         req.stats.paths += len(labels)
 
+    def _blank(self, engine: Engine, ids: list) -> bool:
+        return not engine.tokenizer.decode(ids, special=True).strip()
+
     def _outline_labels(self, engine: Engine, b: Branch) -> tuple[list[str], str | None]:
-        """The labels of the Goal that just closed, or why they cannot open paths."""
-        tags = self.tags
-        if b.goal is None:
-            return [], "no <Goal> before it"
-        if b.goal == 0 or b.items[b.goal - 1] != tags[T.PARALLEL]:
+        """The labels of the Goal that just closed, or why they cannot open paths. Newlines
+        between the tags are allowed (the released layout writes them)."""
+        tags, s = self.tags, b.structure
+        block, goal = s.block, s.goal
+        if any(i >= block.index for i in s.text):
+            return [], "a tag inside the block was read as text"
+        if not self._blank(engine, b.items[block.index + 1 : goal.index]):
             return [], "<Goal> does not follow <Parallel>"
-        goal = b.items[b.goal + 1 : -1]
-        labels, i = [], 0
-        while i < len(goal):
-            if goal[i] != tags[T.OUTLINE]:
-                return [], "text outside <Outline> in the Goal"
-            try:
-                end = goal.index(tags[T.OUTLINE_END], i)
-            except ValueError:
-                return [], "an <Outline> is not closed"
-            text = engine.tokenizer.decode(goal[i + 1 : end]).strip()
-            labels.append(text.split(":", 1)[0].strip() if ":" in text else "")
-            i = end + 1
-        if not labels:
+        ids = b.items[goal.index + 1 : -1]
+        opens = [k for k, t in enumerate(ids) if t == tags[T.OUTLINE]]
+        ends = [k for k, t in enumerate(ids) if t == tags[T.OUTLINE_END]]
+        if not opens:
             return [], "no outlines"
+        gaps = [ids[: opens[0]], ids[ends[-1] + 1 :]]
+        gaps += [ids[e + 1 : o] for e, o in zip(ends, opens[1:], strict=False)]
+        if not all(self._blank(engine, gap) for gap in gaps):
+            return [], "text outside <Outline> in the Goal"
+        labels = []
+        for o, e in zip(opens, ends, strict=True):
+            text = engine.tokenizer.decode(ids[o + 1 : e]).strip()
+            labels.append(text.split(":", 1)[0].strip() if ":" in text else "")
         prefix = f"{b.label}." if b.label is not None else ""
         expected = [f"{prefix}{k}" for k in range(1, len(labels) + 1)]
         if labels != expected:
@@ -335,13 +393,20 @@ class Multiverse:
             return
         parent = b.parent
         parent.segment = req.graph.join([p.segment for p in block.paths])
-        parent.next_pos = max(p.next_pos for p in block.paths)
         base = len(parent.context)
         for p in block.paths:  # the continuation sees every path
             parent.context += p.context[base:]
-        if self._room(req, st, 1, parent.next_pos):
+        lead, conclusion = self._conclusion_head(engine)
+        after_last = block.paths[-1].next_pos  # the released layout's newline follows the last path
+        start = max(p.next_pos for p in block.paths)  # <Conclusion>: max position(</Path>) + 1
+        last = max(after_last + len(lead), start + len(conclusion)) - 1
+        if self._room(req, st, len(lead) + len(conclusion), last):
             parent.state = ACTIVE
-            self._schedule(st, parent, [self.tags[T.CONCLUSION]])
+            parent.next_pos = after_last
+            self._schedule(st, parent, lead)
+            parent.next_pos = start
+            self._schedule(st, parent, conclusion)
+            parent.structure.joined(len(parent.items) - len(conclusion))
 
     @staticmethod
     def _warn(req: Request, message: str) -> None:
