@@ -21,6 +21,25 @@ its path's `</Path>`), a stray tag alone. `structural(...)` gives the output wit
 text; `multiverse_layout` accepts it and its positions and visibility are the engine's. End of
 sequence inside a path closes the path (and a joined block still open in it) as training would.
 
+Two tokenizer layouts. braid's own models use tags that absorb the whitespace around them
+(`braid.multiverse.tags`): `<Path>` sits right after `</Goal>` or the previous `</Path>`, and the
+forced text is `<Path>` "{label}:" and `<Conclusion>`. The released checkpoint (Multiverse-32B)
+appends the twelve tags as plain special tokens after the base vocabulary, and its data put a
+newline token between tags. For such a tokenizer ("\n<Path>\n" encodes to more than the tag)
+the engine forces the official engine's text, "\n<Path>\n{label}:" in each path and
+"<Conclusion>\n" after the join, placed as the official training code (Multiverse4FM/Multiverse,
+train/utils.py) places them: the leading newline once, in the forking branch, at
+position(`</Goal>`) + 1 (where every `<Path>` restarts too), and a newline after the last
+path's `</Path>` at its position + 1, seeing every path, before `<Conclusion>` at max
+position(`</Path>`) + 1. Newlines between the model's own tags are text. Positions and
+visibility then equal the official training code's on the output. One thing is not reproduced,
+by design: that code puts a token between a `</Path>` and the next `<Path>` in no path span, so
+later siblings see it, and through it the earlier path (the "small leak"). No parallel decoder
+can give a path a token that depends on a sibling still being decoded, so braid writes none
+there (`</Path><Path>`), and on that output the official mask has no leak to reproduce. (The
+official engine keeps the token each path sampled after its `</Path>`, normally a newline,
+which its later paths never saw: its output and its training layout disagree there.)
+
 Budgets: `max_tokens` bounds the critical path (the longest chain of positions, as in the
 paper), `SamplingParams.max_total_tokens` all tokens across paths; both finish with "length".
 """

@@ -24,7 +24,9 @@ Convention: every tag is a special token that absorbs the whitespace around it
 between two structural tags, sibling path spans are contiguous and `<Path>` sits right after
 `</Goal>` or the previous `</Path>`. Decoding therefore loses the newlines around tags; the
 canonical text (`braid.multiverse.grammar.canonical`) puts every tag back on its own line, so
-decode + canonical round-trips a canonical text.
+decode + canonical round-trips a canonical text. The released Multiverse-32B tokenizer adds
+the tags as plain special tokens instead (whitespace stays text); the engine runs both layouts
+(see `braid.methods.multiverse`).
 """
 
 from __future__ import annotations
