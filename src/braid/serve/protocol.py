@@ -59,6 +59,7 @@ class SamplingFields(Lenient):
     logprobs: Any = None
     top_logprobs: StrictInt | None = None
     user: str | None = None
+    speculation: Any = None  # per-request draft control: not yet, refused rather than ignored
 
     @model_validator(mode="after")
     def _supported(self) -> SamplingFields:
@@ -66,6 +67,11 @@ class SamplingFields(Lenient):
             raise ValueError("logprobs are not supported by braid serve yet: leave them unset")
         if self.top_logprobs:
             raise ValueError("top_logprobs are not supported by braid serve yet")
+        if self.speculation is not None:
+            raise ValueError(
+                "speculation: per-request draft control is not supported yet; the server's "
+                "--method and --gamma apply to every request"
+            )
         if self.min_tokens:
             raise ValueError("min_tokens is not supported by braid serve yet: leave it at 0")
         if self.stream_options is not None and not self.stream:

@@ -214,6 +214,7 @@ class Serving:
         braid = {
             "method": self.method.name,
             **({"gamma": self.method.gamma} if self.method.name != "ar" else {}),
+            "drafts": total.drafts,
             "drafted": total.draft_tokens,
             "accepted": total.accepted_tokens,
             "passes": total.passes,
@@ -312,6 +313,7 @@ def sum_stats(samples: list[RequestStats]) -> RequestStats:
             total,
             generated_tokens=total.generated_tokens + s.generated_tokens,
             passes=total.passes + s.passes,
+            drafts=total.drafts + s.drafts,
             draft_tokens=total.draft_tokens + s.draft_tokens,
             accepted_tokens=total.accepted_tokens + s.accepted_tokens,
             critical_path=max(total.critical_path, s.critical_path),
