@@ -17,9 +17,9 @@ import torch
 from test_multiverse import FREE, Doc
 
 from braid import SamplingParams
-from braid.methods.multiverse import structural
 from braid.multiverse import tags as T
 from braid.multiverse.attention import multiverse_layout
+from braid.multiverse.branch import structural
 
 PROMPT = "The quick brown fox"
 MAX_TOKENS, MAX_TOTAL = 120, 260
