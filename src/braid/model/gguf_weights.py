@@ -14,6 +14,7 @@ once for the lookup; a tied output layer keeps the quantized copy.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +69,68 @@ def _take_rows(w: QuantWeight, rows: torch.Tensor) -> QuantWeight:
     if w.bits == 8:
         return QuantWeight(8, w.q[rows], w.scales[rows], None, w.group)
     return QuantWeight(4, w.q[:, rows], w.scales[:, rows], w.zeros[:, rows], w.group)
+
+
+# -- the cache: reading a GGUF's metadata costs seconds of Python, its tensors none ----------
+def cached_gguf_weights(
+    path: Path, entry: Path, mode: str
+) -> dict[str, torch.Tensor | QuantWeight]:
+    """`gguf_weights`, kept in the file's cache entry (`entry`, from `cached_model_dir`) as
+    `weights-<mode>.safetensors` after the first load; a read-only entry just skips the write."""
+    from safetensors.torch import load_file, save_file
+
+    file = entry / f"weights-{mode}.safetensors"
+    if file.exists():
+        try:
+            return unflatten(load_file(str(file)))
+        except Exception:  # a damaged entry: read the GGUF again and rewrite it
+            pass
+    state = gguf_weights(path, mode)
+    head = state.get("lm_head.weight", state.get("model.embed_tokens.weight"))
+    if isinstance(head, QuantWeight):
+        head.row_norms()  # the logit head's bound: one pass over the vocabulary, kept
+    tmp = entry / f".{file.name}.{os.getpid()}.tmp"
+    try:
+        save_file(flatten(state), str(tmp))
+        tmp.replace(file)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    return state
+
+
+def flatten(state: dict[str, torch.Tensor | QuantWeight]) -> dict[str, torch.Tensor]:
+    """Plain tensors for safetensors: a QuantWeight's 4-bit integers packed two per byte."""
+    out = {}
+    for name, w in state.items():
+        if not isinstance(w, QuantWeight):
+            out[name] = w.contiguous()
+            continue
+        if w.bits == 4:
+            out[f"{name}::int4"] = (w.q[..., 0::2] | (w.q[..., 1::2] << 4)).contiguous()
+            out[f"{name}::zeros"] = w.zeros.contiguous()
+        else:
+            out[f"{name}::int8"] = w.q.contiguous()
+        out[f"{name}::scales"] = w.scales.contiguous()
+        if w.norms is not None:
+            out[f"{name}::norms"], out[f"{name}::part_norms"] = w.norms, w.part_norms
+    return out
+
+
+def unflatten(flat: dict[str, torch.Tensor]) -> dict[str, torch.Tensor | QuantWeight]:
+    state: dict[str, torch.Tensor | QuantWeight] = {}
+    for key, t in flat.items():
+        name, _, part = key.partition("::")
+        if not part:
+            state[name] = t
+        elif part in ("int4", "int8"):
+            if part == "int4":
+                q = torch.empty((*t.shape[:-1], 2 * t.shape[-1]), dtype=torch.uint8)
+                torch.bitwise_and(t, 0x0F, out=q[..., 0::2])
+                torch.bitwise_right_shift(t, 4, out=q[..., 1::2])
+                zeros = flat[f"{name}::zeros"]
+            else:
+                q, zeros = t, None
+            w = QuantWeight(int(part[3:]), q, flat[f"{name}::scales"], zeros)
+            w.norms, w.part_norms = flat.get(f"{name}::norms"), flat.get(f"{name}::part_norms")
+            state[name] = w
+    return state

@@ -59,9 +59,8 @@ class LogitHead:
         self.eps = _BF16_UNIT
         # roundings of |logit| size: the input and the final sum (|w| each), and per part the
         # dequantized weight inside the kernel and its bf16 output (|w_p| each)
-        dense = weight.dequantize()
-        parts = [dense] if weight.bits == 8 or weight.q.shape[0] == 1 else _parts(weight)
-        self.row_norms = 2 * dense.norm(dim=1) + 2 * sum(p.norm(dim=1) for p in parts)
+        norms, part_norms = weight.row_norms()
+        self.row_norms = 2 * norms + 2 * part_norms.sum(0)
 
     def _rows(self, cols: torch.Tensor) -> torch.Tensor:
         if self.quant is not None:
@@ -89,11 +88,3 @@ class LogitHead:
         if self.eps is None:
             return self.exact(hidden)
         return hidden @ self.rows.float().t()
-
-
-def _parts(weight: QuantWeight) -> list[torch.Tensor]:
-    """Each 4-bit part of a split weight (Q8_0's two halves) dequantized on its own."""
-    return [
-        QuantWeight(4, q[None], s[None], z[None], weight.group).dequantize()
-        for q, s, z in zip(weight.q, weight.scales, weight.zeros, strict=True)
-    ]

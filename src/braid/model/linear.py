@@ -50,6 +50,5 @@ class Stacked:
         self.nbytes = sum(p.nbytes for p in parts)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        outs = [p(x) for p in self.parts]
-        dtype = outs[0].dtype
-        return torch.cat([o.to(dtype) for o in outs], dim=-1)
+        outs = [p(x.to(p.dtype)) for p in self.parts]
+        return torch.cat([o.to(outs[0].dtype) for o in outs], dim=-1)

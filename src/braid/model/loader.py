@@ -224,6 +224,7 @@ def build_transformer(
     d, q, kv, ffn = c.hidden_size, c.q_size, c.kv_size, c.intermediate_size
     state = {k.removeprefix("model."): v for k, v in state.items()}  # HF nests under "model."
     embed_weight = _take(state, "embed_tokens.weight", (c.vocab_size, d), dtype)
+    from_gguf_table = isinstance(embed_weight, QuantWeight)
     layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}."
@@ -278,8 +279,10 @@ def build_transformer(
             f"weights: unexpected tensors for {c.architecture} with {c.num_layers} layers: "
             f"{', '.join(sorted(leftover)[:5])}"
         )
-    # the embedding is gathered a few rows a step: dense, whatever the matrices are
-    return Transformer(c, _dense(embed_weight, dtype), layers, norm, lm_head, dtype)
+    # the embedding is gathered a few rows a step: a GGUF's quantized table stays as it is
+    # (its rows are expanded when gathered), one quantized at load keeps its dense values
+    embed = embed_weight if from_gguf_table else _dense(embed_weight, dtype)
+    return Transformer(c, embed, layers, norm, lm_head, dtype)
 
 
 def read_generation_config(model_dir: Path) -> dict:
@@ -307,9 +310,9 @@ def load_model(
     if eos is not None:
         config = replace(config, eos_token_ids=(eos,) if isinstance(eos, int) else tuple(eos))
     if from_file:
-        from braid.model.gguf_weights import gguf_weights
+        from braid.model.gguf_weights import cached_gguf_weights
 
-        state = gguf_weights(gguf, quant)
+        state = cached_gguf_weights(gguf, model_dir, quant)
     else:
         state = load_state_dict(model_dir)
     return build_transformer(config, state, compute, quant), model_dir

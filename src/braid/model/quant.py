@@ -39,6 +39,10 @@ class QuantWeight:
     scales: torch.Tensor  # fp32 [P, N, K // group] (bits 4) or [N] (bits 8)
     zeros: torch.Tensor | None  # fp32 [P, N, K // group] (bits 4)
     group: int = GROUP
+    # per-row 2-norms of the whole weight [N] and of each part [P, N] (the logit head's
+    # rounding bound): computed once, and kept in the GGUF weight cache
+    norms: torch.Tensor | None = None
+    part_norms: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -61,13 +65,36 @@ class QuantWeight:
         z = self.zeros.to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
         return ((self.q.float() - 8) * s + z).sum(0)
 
+    def row_norms(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norms [N], part_norms [P, N]) of the rows of `dequantize()` and of each part's."""
+        if self.norms is None:
+            n = self.shape[0]
+            parts, norms = [], torch.zeros(n)
+            chunk = 4096  # a slab at a time: a 49k-row head is never dequantized whole
+            for start in range(0, n, chunk):
+                rows = torch.arange(start, min(start + chunk, n))
+                if self.bits == 8:
+                    w = self.rows(rows)
+                    parts.append(w.norm(dim=1)[None])
+                else:
+                    each = self._part_rows(rows)
+                    parts.append(each.norm(dim=2))
+                    w = each.sum(0)
+                norms[rows] = w.norm(dim=1)
+            self.norms, self.part_norms = norms, torch.cat(parts, dim=1)
+        return self.norms, self.part_norms
+
+    def _part_rows(self, index: torch.Tensor) -> torch.Tensor:
+        """fp32 [P, len(index), K]: each part's rows on its own."""
+        s = self.scales[:, index].to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
+        z = self.zeros[:, index].to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
+        return (self.q[:, index].float() - 8) * s + z
+
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """fp32 rows `index` of `dequantize()`, without dequantizing the rest."""
         if self.bits == 8:
             return self.q[index].float() * self.scales[index].to(KERNEL_DTYPE).float()[:, None]
-        s = self.scales[:, index].to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
-        z = self.zeros[:, index].to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
-        return ((self.q[:, index].float() - 8) * s + z).sum(0)
+        return self._part_rows(index).sum(0)
 
 
 def cat_rows(weights: list[QuantWeight]) -> QuantWeight | None:
@@ -95,18 +122,23 @@ class QuantLinear:
         self.weight = weight
         self.out_features, self.in_features = weight.shape
         self.bits = weight.bits
+        self.dtype = KERNEL_DTYPE
         self.bias = None if bias is None else bias.to(KERNEL_DTYPE)
         self.nbytes = weight.nbytes + (0 if bias is None else bias.numel() * 2)
         if weight.bits == 8:
             self.packed = [weight.q.contiguous()]
             self.scales = [weight.scales.to(KERNEL_DTYPE)]
         else:
+            pad = -self.out_features % 16  # the int4 packing takes N in multiples of 16
             self.packed = [
-                torch._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2) for q in weight.q
+                torch._convert_weight_to_int4pack_for_cpu(_pad_rows(q, pad).to(torch.int32), 2)
+                for q in weight.q
             ]
-            # [K // group, N, 2]: the kernel's scales-and-zeros layout
+            # [K // group, N, 2]: the kernel's scales-and-zeros layout; padded rows are 0
             self.scales = [
-                torch.stack([s.t(), z.t()], -1).to(KERNEL_DTYPE).contiguous()
+                torch.stack([_pad_rows(s, pad).t(), _pad_rows(z, pad).t()], -1)
+                .to(KERNEL_DTYPE)
+                .contiguous()
                 for s, z in zip(weight.scales, weight.zeros, strict=True)
             ]
 
@@ -119,7 +151,13 @@ class QuantLinear:
             y = torch._weight_int4pack_mm_for_cpu(x, self.packed[0], g, self.scales[0])
             for packed, sz in zip(self.packed[1:], self.scales[1:], strict=True):
                 y = y + torch._weight_int4pack_mm_for_cpu(x, packed, g, sz)
+            if y.shape[-1] != self.out_features:
+                y = y[..., : self.out_features]
         return y if self.bias is None else y + self.bias
+
+
+def _pad_rows(t: torch.Tensor, pad: int) -> torch.Tensor:
+    return t if pad == 0 else torch.cat([t, t.new_zeros((pad, *t.shape[1:]))])
 
 
 # -- from GGUF blocks ------------------------------------------------------------------------

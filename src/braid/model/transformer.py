@@ -48,7 +48,7 @@ class Transformer:
     def __init__(
         self,
         config: ModelConfig,
-        embed: torch.Tensor,
+        embed: torch.Tensor | QuantWeight,
         layers: list[LayerWeights],
         norm: torch.Tensor,
         lm_head: torch.Tensor | QuantWeight,
@@ -91,7 +91,7 @@ class Transformer:
         With `return_hidden`, also the final-normed hidden states of those rows (fp32).
         """
         c = self.config
-        x = self.embed[batch.token_ids]
+        x = self._embed(batch.token_ids)
         cos, sin = self.rope.lookup(batch.positions)
         masks = {window: self._fold_mask(m, batch) for window, m in batch.masks.items()}
         for i, w in enumerate(self.layers):
@@ -106,6 +106,11 @@ class Transformer:
         hidden = self.norm * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + c.rms_norm_eps))
         logits = self.lm_head(hidden)
         return logits, (hidden if return_hidden else None)
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.embed, QuantWeight):  # a GGUF's quantized table: gather, then expand
+            return self.embed.rows(ids).to(self.dtype)
+        return self.embed[ids]
 
     def _fold_mask(self, mask: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """[B, 1, Q, T] -> [B, 1, groups * Q, T], matching the GQA query folding below."""
