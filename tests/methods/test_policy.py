@@ -128,6 +128,27 @@ def test_a_fixed_gamma_is_only_cut_to_the_caps():
     assert lengths.choose([0, 1, 2], [5, 2, 0], 3) == [3, 2, 0]
 
 
+def test_seeded_sampled_requests_get_their_gamma_alone_whatever_the_measured_costs():
+    fast, slow = DraftLengths(), DraftLengths()
+    for n in range(1, 40):
+        fast.observe_verify(n, 1.0)  # flat: drafting is free
+        slow.observe_verify(n, float(n * n))  # steep: drafting never pays
+    got = [lengths.choose([0, 1], [6, 6], 2, pinned=[True, False]) for lengths in (fast, slow)]
+    assert got[0][0] == got[1][0]  # the pinned request: the same γ under both
+    assert got[0][1] > 0 and got[1][1] == 0  # the free one follows the measurements
+
+
+@pytest.mark.parametrize("method", ["ngram", "spec"])
+def test_a_seeded_sample_gives_the_same_tokens_alone_and_in_a_batch(llama_dir, method):
+    llm = LLM(llama_dir, dtype="fp32", draft=llama_dir, max_batch=4)
+    mine = SamplingParams(max_tokens=24, seed=7, ignore_eos=True)
+    others = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (30, 5, 17)]
+    prompts = ["x y x y x", "The quick", "def f(x): def", "emoji emoji"]
+    alone = llm.generate(prompts[0], mine, method=method)[0]
+    batch = llm.generate(prompts, [mine, *others], method=method)[0]
+    assert batch.token_ids == alone.token_ids and alone.stats.draft_tokens > 0
+
+
 # -- γ at random per request and step: exactness and caches -----------------------------------
 
 
@@ -138,7 +159,7 @@ class RandomLengths(DraftLengths):
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     drawn: list = field(default_factory=list)  # (cap, γ)
 
-    def choose(self, ids, caps, base):
+    def choose(self, ids, caps, base, pinned=None):
         gammas = [self.rng.randint(0, c) for c in caps]
         self.drawn += list(zip(caps, gammas))
         return gammas

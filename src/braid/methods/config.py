@@ -46,7 +46,9 @@ class MethodConfig:
     name: one of `METHODS`. gamma: "auto" (the default): every drafting method picks each
     request's draft length per step, 0 included, to maximise the batch's expected tokens per
     second from measured pass times and the request's running acceptance
-    (`braid.methods.policy`); heads-tree then drafts `HEADS_TREE_NODES` nodes. An integer
+    (`braid.methods.policy`; seeded sampled requests get the length they would get alone
+    under a fixed reference cost, so a seed's tokens never depend on the batch or the
+    machine); heads-tree then drafts `HEADS_TREE_NODES` nodes. An integer
     fixes the drafted tokens per target pass (heads: at most n - 1; heads-tree: nodes of the
     draft tree). beams, tau: mtad's draft beams and joint acceptance threshold. max_paths,
     max_depth: multiverse forks with more paths or deeper nesting decode sequentially.

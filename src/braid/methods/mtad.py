@@ -192,8 +192,7 @@ class Mtad:
         self.beams, self.tau, self.tree = beams, tau, tree
         self.greedy = DraftSpeculative(draft, "spec", gamma)  # the width-1 path
         self.drafter = self.greedy.drafter
-        self.lengths = self.greedy.lengths
-        self.lengths.width = beams if tree else 1
+        self.lengths = self.greedy.lengths  # one cost table and acceptance for both paths
 
     def release(self, request: Request) -> None:
         self.greedy.release(request)
@@ -263,8 +262,10 @@ class Mtad:
     # -- verify ----------------------------------------------------------------------------
     def step(self, engine: Engine, requests: list[Request]) -> None:
         if all(r.params.greedy for r in requests):
+            self.lengths.width = 1
             self.greedy.step(engine, requests)
             return
+        self.lengths.width = self.beams if self.tree else 1  # a tree verifies W nodes per depth
         graphs, depth, drafts, caught_up = self._propose(engine, requests)
         if self.tree:
             kept = self._verify_tree(engine, requests, drafts)

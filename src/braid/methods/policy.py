@@ -20,8 +20,11 @@ a fixed L and G, Σ E_i is separable and concave in each γ_i, so adding drafted
 time to the request with the largest gain α_i^(γ_i + 1) (capped at L) is optimal; `choose`
 scans every L and G.
 
-Drafting depends on timings, so seeded sampled outputs are reproducible in distribution but not
-token for token across runs (every γ keeps the exact rules exact); fix γ for that.
+A draft length changes which uniforms a sampled request's draws use, so a timing-driven γ would
+make a seed's tokens depend on the machine and the batch (every γ keeps the exact rules exact,
+so only reproducibility is at stake). Seeded sampled requests therefore take the γ the policy
+gives them alone under a fixed reference cost model (their own acceptance still adapts it);
+greedy and unseeded requests share the batch's measured optimum.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ DECAY = 0.9  # per observation: a request's acceptance follows its recent text
 IDLE_DECAY = 0.95  # per step without a draft: back towards the prior
 
 Verify = Callable[[int], float]  # seconds of a target pass over n tokens
+# seeded sampled requests: a fixed model (a pass over n tokens costs 1 + (n - 1)/32 passes
+# over one, a draft pass a tenth of one), so their draft lengths never depend on timings
+REFERENCE_VERIFY = PassCost()
+REFERENCE_DRAFT = (0.1, 0.0)
 
 
 def expected_tokens(alpha: float, gamma: int) -> float:
@@ -172,7 +179,8 @@ class DraftLengths:
     def plan(self, requests: Sequence[Request], caps: Sequence[int]) -> list[int]:
         """γ per request of this step, each within its cap."""
         base = sum(r.num_tokens - r.graph.length for r in requests)  # pending inputs
-        return self.choose([r.id for r in requests], caps, base)
+        pinned = [r.params.seed is not None and not r.params.greedy for r in requests]
+        return self.choose([r.id for r in requests], caps, base, pinned)
 
     def timed_score(
         self,
@@ -188,14 +196,38 @@ class DraftLengths:
         self.observe_verify(tokens, time.perf_counter() - start)
         return scored
 
-    def choose(self, ids: Sequence[int], caps: Sequence[int], base: int) -> list[int]:
-        """γ per request id; `caps` bounds each (what it may still emit and the caches hold)."""
+    def choose(
+        self,
+        ids: Sequence[int],
+        caps: Sequence[int],
+        base: int,
+        pinned: Sequence[bool] | None = None,
+    ) -> list[int]:
+        """γ per request id; `caps` bounds each (what it may still emit and the caches hold).
+
+        `pinned` requests (seeded sampling) get the γ they would get alone under the reference
+        cost model: their draws then depend on their own history only, so a seed gives the
+        same tokens whatever runs beside them and however fast the machine is (a draft length
+        changes which uniforms a draw uses). The others share what is left of the batch."""
         if not self.adaptive:
             return [min(int(self.gamma), c) for c in caps]
         caps = [min(c, self.max_gamma) for c in caps]
+        pinned = pinned or [False] * len(ids)
         accs = [self.acceptance.setdefault(i, Acceptance()) for i in ids]
-        draft = self.draft.coefficients() if self.draft_cost else None
-        gammas = choose([a.alpha for a in accs], caps, base, self.verify, draft, self.width)
+        gammas = [0] * len(ids)
+        ref_draft = REFERENCE_DRAFT if self.draft_cost else None
+        for j, acc in enumerate(accs):
+            if pinned[j]:
+                alone = choose([acc.alpha], [caps[j]], 1, REFERENCE_VERIFY, ref_draft, self.width)
+                gammas[j] = alone[0]
+        free = [j for j in range(len(ids)) if not pinned[j]]
+        if free:
+            held = base + self.width * sum(gammas)  # the pinned drafts are in the pass too
+            draft = self.draft.coefficients() if self.draft_cost else None
+            alphas, free_caps = [accs[j].alpha for j in free], [caps[j] for j in free]
+            chosen = choose(alphas, free_caps, held, self.verify, draft, self.width)
+            for j, g in zip(free, chosen):
+                gammas[j] = g
         for acc, gamma, cap in zip(accs, gammas, caps):
             if cap and not gamma:
                 acc.idle()
