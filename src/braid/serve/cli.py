@@ -44,6 +44,12 @@ def add_parser(sub) -> None:
         help="require Authorization: Bearer KEY on every route but /health (default: "
         "$BRAID_API_KEY, else open)",
     )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help="max_tokens of requests that give none (default: the model's generation_config, "
+        "else 64; always cut to the context)",
+    )
     p.add_argument("--served-model-name", help="the model name clients send (default: --model's)")
     p.add_argument(
         "--grace",
@@ -73,6 +79,8 @@ def serve(args: argparse.Namespace) -> int:
         raise InvalidRequestError(f"--port must be in 1..65535, got {args.port}")
     if args.max_batch < 1 or args.max_waiting < 0:
         raise InvalidRequestError("--max-batch must be >= 1 and --max-waiting >= 0")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise InvalidRequestError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     config = _method_config(args)
     llm = _load(args, config.name)
     draft = llm.draft_model() if config.name in DRAFT_METHODS else None
@@ -81,7 +89,7 @@ def serve(args: argparse.Namespace) -> int:
     name = args.served_model_name or llm.name
     metrics = Metrics(name)
     loop = EngineLoop(engine, metrics, max_waiting=args.max_waiting)
-    app = build_app(Serving(llm, loop, name, config), api_key=args.api_key)
+    app = build_app(Serving(llm, loop, name, config, args.max_tokens), api_key=args.api_key)
     server = _draining_server(
         uvicorn,
         uvicorn.Config(

@@ -32,6 +32,7 @@ class Serving:
     loop: EngineLoop
     model_name: str
     method: MethodConfig
+    default_max_tokens: int | None = None  # for requests that give none (else the model's)
 
     @property
     def max_context(self) -> int:
@@ -68,7 +69,12 @@ class Serving:
         return list(prompt)
 
     def _params(self, body: P.SamplingFields):
-        return body.to_sampling_params().with_defaults(self.llm.generation_defaults)
+        params = body.to_sampling_params().with_defaults(self.llm.generation_defaults)
+        if "max_tokens" in params.unset and self.default_max_tokens is not None:
+            unset = params.unset  # still unset: the context may cut it without a warning
+            params = replace(params, max_tokens=self.default_max_tokens)
+            params.unset = unset
+        return params
 
     def chat_ids(self, messages: list[P.ChatMessage], add_generation_prompt: bool = True):
         conversation = [m.as_dict() for m in messages]
