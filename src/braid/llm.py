@@ -203,6 +203,8 @@ class LLM:
         try:
             while engine.has_unfinished:
                 engine.step()
+                if req.error is not None:  # the engine failed it alone; the caller hears why
+                    raise req.error
                 delta = req.take_delta()
                 if delta:
                     yield delta

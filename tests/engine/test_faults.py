@@ -140,3 +140,16 @@ def test_abort_ends_every_sample_of_the_prompt(llm):
     engine.abort(req)
     assert [s.finish_reason for s in req.samples] == ["abort"] * 4
     assert not engine.has_unfinished and engine.pool.live_slots == 0
+
+
+def test_stream_raises_the_error_of_its_failed_request(llm):
+    def broken(ids, logits):
+        if len(ids) == 2:
+            raise RuntimeError("processor exploded")
+        return logits
+
+    deltas = []
+    with pytest.raises(RuntimeError, match="exploded"):
+        for d in llm.stream("def", greedy(8, logits_processors=[broken])):
+            deltas.append(d)
+    assert llm.last_stream_output.finish_reason == "error"

@@ -100,7 +100,7 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    finish_reason: str  # "stop" (eos, stop token or stop string) or "length"
+    finish_reason: str  # "stop" (eos, stop token or stop string), "length", "abort", "error"
     stats: RequestStats = field(default_factory=RequestStats)
 
 
