@@ -211,3 +211,49 @@ def test_the_official_client_sees_typed_errors(code_server):
     assert httpx.get(code_server.url + "/metrics").status_code == 401
     out = client.completions.create(model="code-23m", prompt="def", max_tokens=2)
     assert out.usage.completion_tokens == 2 or out.choices[0].finish_reason == "stop"
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
+    import signal
+    import threading
+
+    from conftest import start_server, stop_server
+
+    server = start_server(["--model", "code-23m", "--dtype", "fp32"], tmp_path / "drain.log")
+    try:
+        client = server.client(max_retries=0)
+        first = threading.Event()
+        got = {}
+
+        def consume():
+            text, reason = "", None
+            stream = client.completions.create(
+                model="code-23m",
+                prompt="def",
+                max_tokens=120,
+                temperature=0,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body={"ignore_eos": True},
+            )
+            for chunk in stream:
+                first.set()
+                if chunk.choices:
+                    text += chunk.choices[0].text
+                    reason = chunk.choices[0].finish_reason or reason
+                got["usage"] = chunk.usage or got.get("usage")
+            got["text"], got["reason"] = text, reason
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        assert first.wait(60)
+        server.process.send_signal(signal.SIGTERM)
+        reader.join(60)
+        assert got["reason"] == "length" and got["usage"].completion_tokens == 120
+        # uvicorn re-raises the signal once it has shut down: the conventional exit status
+        assert server.process.wait(30) in (0, -signal.SIGTERM)
+        assert "Traceback" not in server.log.read_text()
+        with pytest.raises(httpx.TransportError):  # no longer listening
+            httpx.get(server.url + "/health", timeout=2)
+    finally:
+        stop_server(server)
