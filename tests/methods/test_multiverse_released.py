@@ -8,7 +8,8 @@ and attention mask, written from its definition (Multiverse4FM/Multiverse, train
 - positions count on by one, except that each `<Path>` restarts at position(`</Goal>`) + 1 of its
   block and each `<Conclusion>` at the block's max position(`</Path>`) + 1;
 - the mask is causal, except that the spans `<Path>` ... `</Path>` of sibling paths (nested
-  blocks included) do not see each other; tokens between spans belong to no span.
+  blocks included) do not see each other; tokens between spans belong to no span. (For an
+  output that stops inside a block: the rows the complete example would give that prefix.)
 
 The forced text is the official engine's: "\\n<Path>\\n{label}:" for each path and
 "<Conclusion>\\n" after the join.
@@ -71,8 +72,17 @@ def official_positions(ids: list[int], tags: dict[str, int]) -> list[int]:
 
 
 def official_visible(ids: list[int], tags: dict[str, int]) -> torch.Tensor:
+    """The official mask; for a prefix of an example (blocks still open at the end), the rows
+    the whole example would give it: open paths reach the end, open blocks mask their spans."""
     n = len(ids)
     visible = torch.ones(n, n, dtype=torch.bool).tril()
+
+    def separate(spans: list[tuple[int, int]]) -> None:
+        for a, (sa, ea) in enumerate(spans):
+            for sb, eb in spans[a + 1 :]:
+                visible[sa : ea + 1, sb : eb + 1] = False
+                visible[sb : eb + 1, sa : ea + 1] = False
+
     stack: list[tuple[str, int, list]] = []  # ("block", start, spans) or ("path", start, [])
     for i, token in enumerate(ids):
         if token == tags[T.PARALLEL]:
@@ -85,12 +95,14 @@ def official_visible(ids: list[int], tags: dict[str, int]) -> torch.Tensor:
             block = next(s for s in reversed(stack) if s[0] == "block")
             block[2].append((start, i))
         elif token == tags[T.PARALLEL_END]:
-            spans = stack.pop()[2]
-            for a, (sa, ea) in enumerate(spans):
-                for sb, eb in spans[a + 1 :]:
-                    visible[sa : ea + 1, sb : eb + 1] = False
-                    visible[sb : eb + 1, sa : ea + 1] = False
-    assert not stack, "an official example closes its blocks"
+            separate(stack.pop()[2])
+    for k, (kind, start, _) in enumerate(stack):
+        if kind == "path":
+            block = next(s for s in reversed(stack[:k]) if s[0] == "block")
+            block[2].append((start, n - 1))
+    for kind, _, spans in stack:
+        if kind == "block":
+            separate(spans)
     return visible
 
 
@@ -139,7 +151,17 @@ def nested(doc: ReleasedDoc) -> list:
     return [i[T.THINK], *doc.nl, *outer, FREE, *doc.nl, *again, i[T.THINK_END], doc.eos]
 
 
-@pytest.mark.parametrize("shape", [flat, nested])
+def eos_in_nested_conclusion(doc: ReleasedDoc) -> list:
+    """Path 2 ends (end of sequence) inside its nested block's Conclusion: the engine closes
+    the Conclusion, the block and the path, and the trunk (off the template) stops there."""
+    i = doc.id
+    inner = doc.block(["2.1", "2.2"], [[FREE] * 2, [FREE]], conclusion=2)[:-4]
+    assert inner[-1] == doc.nl[-1] and len(doc.nl) == 1  # cut after the Conclusion's text
+    outer = doc.block(["1", "2"], [[FREE] * 3, [FREE, *doc.nl, *inner, FREE, doc.eos]])
+    return [i[T.THINK], *doc.nl, *outer, doc.eos]
+
+
+@pytest.mark.parametrize("shape", [flat, nested, eos_in_nested_conclusion])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_engine_equals_the_official_training_layout(released_llm, released_dir, shape, temperature):
     from helpers import hf_masked_logits, hf_model
@@ -152,11 +174,21 @@ def test_engine_equals_the_official_training_layout(released_llm, released_dir, 
     )
     prompt = released_llm.tokenizer.encode(PROMPT)
     (out,) = released_llm.generate([prompt], params, method="multiverse")
-    assert out.finish_reason == "stop" and not out.stats.warnings, out.stats.warnings
-    # the output is the template: the forced text is the official engine's
-    assert len(out.token_ids) == len(template)
-    assert all(t in (FREE, o) for t, o in zip(template, out.token_ids, strict=True))
-    assert out.stats.paths == template.count(doc.id[T.PATH]) and out.stats.fallbacks == 0
+    assert out.finish_reason == "stop" and out.stats.fallbacks == 0
+    assert out.stats.paths == template.count(doc.id[T.PATH])
+    if shape is eos_in_nested_conclusion:
+        closed = doc.enc("</Conclusion>\n</Parallel>\n</Path>")
+        k = template.index(doc.eos)  # the path's end of sequence: serialized order up to it
+        assert all(t in (FREE, o) for t, o in zip(template[:k], out.token_ids, strict=False))
+        assert out.token_ids[k : k + len(closed)] == closed
+        assert out.stats.warnings == [
+            "end of sequence inside path 2: closed with "
+            + "".join([T.CONCLUSION_END, T.PARALLEL_END, T.PATH_END])
+        ]
+    else:  # the output is the template: the forced text is the official engine's
+        assert not out.stats.warnings, out.stats.warnings
+        assert len(out.token_ids) == len(template)
+        assert all(t in (FREE, o) for t, o in zip(template, out.token_ids, strict=True))
     ids = prompt + out.token_ids
     positions = official_positions(ids, doc.id)
     visible = official_visible(ids, doc.id)

@@ -195,8 +195,12 @@ class Multiverse:
             closing = b.structure.closing()
             closed = "".join(closing)
             self._warn(req, f"end of sequence inside path {b.label}: closed with {closed}")
-            if self._room(req, st, len(closing), b.next_pos + len(closing) - 1):
-                self._schedule(st, b, [self.tags[t] for t in closing])
+            if self.released:  # a newline between tags, as its data write them
+                ids = engine.tokenizer.encode("\n".join(closing), special=False)
+            else:
+                ids = [self.tags[t] for t in closing]
+            if self._room(req, st, len(ids), b.next_pos + len(ids) - 1):
+                self._schedule(st, b, ids)
                 self._end_path(engine, req, st, b)
             return
         if not self._room(req, st, 1, b.next_pos):
