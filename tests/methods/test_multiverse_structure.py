@@ -164,6 +164,7 @@ def check(mv_dir, prompt, out, script, views, tags) -> None:
     plain, closed, view = views
     assert out.finish_reason in ("stop", "length")
     assert len(out.token_ids) <= MAX_TOTAL and out.stats.critical_path <= MAX_TOKENS
+    assert out.stats.passes <= len(out.token_ids) + 1  # no pass without progress: no hang
     assert plain == out.token_ids
     if out.finish_reason == "stop":
         assert closed == plain  # nothing was cut short
