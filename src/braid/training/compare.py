@@ -130,7 +130,7 @@ def compare(
 
 def write_cards(target_dir: Path, draft_dir: Path, report: dict) -> None:
     """Store the pair's measurements in both cards (JSON and README)."""
-    from braid.training.train_lm import write_card
+    from braid.training.lm_card import write_card
 
     r = report
     agree = f"{r['greedy_agreement']:.4f} over {r['positions']:,} positions"
