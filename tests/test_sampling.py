@@ -79,7 +79,7 @@ def test_greedy_distribution_is_one_hot_on_the_argmax():
     assert probs.tolist() == [[0.0, 1.0, 0.0, 0.0]]
 
 
-def test_inverse_cdf_sampling_follows_the_distribution():
+def test_the_exponential_race_follows_the_distribution():
     probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
     g = torch.Generator().manual_seed(0)
     counts = torch.bincount(torch.tensor([sample(probs, g) for _ in range(20000)]), minlength=4)

@@ -272,7 +272,13 @@ def make_generator(seed: int | None) -> torch.Generator:
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> int:
-    """One token from a distribution [V] by inverse CDF with a uniform from `generator`."""
-    u = torch.rand((), generator=generator, dtype=torch.float64)
-    cdf = probs.double().cumsum(0)
-    return min(int(torch.searchsorted(cdf, u * cdf[-1], right=True)), probs.shape[0] - 1)
+    """One token from a distribution [V]: an exponential race, argmax_v p_v / E_v with E_v ~
+    Exp(1) from `generator` (exact: token v wins with probability p_v / sum(p)).
+
+    Each token has its own clock, so a tiny change of the probabilities (bf16 logits moved by
+    batch padding) changes the winner only when two clocks nearly tie; the inverse-CDF draw
+    compares one uniform with sums over every lower token id, where small shifts add up.
+    """
+    # -log(u), u uniform in [0, 1): Exp(1) clocks, as fast as one cumulative sum over V
+    clocks = torch.rand(probs.shape[0], generator=generator).log_().neg_()
+    return int(torch.argmax(probs.float() / clocks))
