@@ -5,10 +5,11 @@ that it writes Multiverse structure that braid's ``method="multiverse"`` engine 
 
 1. adds the twelve tags to the tokenizer and the model (``braid.multiverse.tags.add_tags``);
 2. encodes every record twice: its sequential form and its Multiverse form (see *Format*);
-3. trains with AdamW, warmup + cosine (``braid.training.train_lm.lr_at``), gradient clipping and
-   bf16 autocast where supported; every batch gets the 4-D additive attention mask and the
-   position ids of ``braid.multiverse.attention`` (sibling paths invisible to each other, paths
-   restarting at position(``</Goal>``) + 1), so training sees exactly what the engine computes;
+3. trains with :mod:`braid.training.runtime` (AdamW, warmup + cosine, gradient accumulation and
+   clipping, bf16 autocast where supported, checkpoints and ``--resume``); every batch gets the
+   4-D additive attention mask and the position ids of ``braid.multiverse.attention`` (sibling
+   paths invisible to each other, paths restarting at position(``</Goal>``) + 1), so training
+   sees exactly what the engine computes;
 4. the curriculum: each example of a batch is in Multiverse form with probability
    ``mv_start + (1 - mv_start) * min(1, step / (curriculum * steps))`` and sequential otherwise,
    i.e. all-sequential to all-Multiverse over the first ``curriculum`` fraction of the steps, as
@@ -34,8 +35,9 @@ Data: ``--data F.jsonl`` with fields ``prompt``, ``multiverse`` and optionally `
 generate problems of the task family (``braid.multiverse.tasks``) in memory.
 
 Devices: CUDA, then MPS, then CPU (``--device`` overrides); under ``torchrun`` or ``accelerate
-launch`` the script joins the process group itself and wraps the model in DDP, as
-``braid train-lm`` does. ``--batch-size`` is per device.
+launch`` the runtime joins the process group and wraps the model in DDP. ``--batch-size`` is per
+device and micro-batch. The loss is the mean over the trained tokens of each micro-batch, and a
+step averages its micro-batches.
 """
 
 from __future__ import annotations
@@ -44,8 +46,7 @@ import argparse
 import contextlib
 import json
 import sys
-import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,16 +54,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from braid.errors import BraidError, InvalidRequestError, ModelLoadError
+from braid.errors import InvalidRequestError, ModelLoadError
 from braid.multiverse import tags as T
 from braid.multiverse.attention import multiverse_attention_inputs
 from braid.multiverse.grammar import to_sequential
-from braid.training.train_lm import (
-    _autocast,
-    _machine,
+from braid.training import flags
+from braid.training.lm_card import export_model
+from braid.training.runtime import (
+    Schedule,
+    Trainer,
+    adamw,
     count_parameters,
-    export_model,
-    lr_at,
+    load_checkpoint,
+    machine,
+    resumed_config,
+    seed_all,
     setup_runtime,
 )
 
@@ -82,6 +88,7 @@ class MultiverseTrainConfig:
     knobs: str = ""  # task-family knobs as JSON, e.g. '{"max_parts": 4}'
     steps: int = 1000
     batch_size: int = 16
+    grad_accum: int = 1
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup: int = 50
@@ -291,11 +298,12 @@ def batch_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def sample_batch(
-    examples: list[Example], step: int, cfg: MultiverseTrainConfig, rank: int
+    examples: list[Example], step: int, cfg: MultiverseTrainConfig, shard: int
 ) -> tuple[list[tuple[list[int], list[int]]], list[bool], int]:
-    """The rows of one batch, which are causal, and how many are Multiverse: a pure function
-    of (seed, step, rank), so runs are reproducible and ranks draw different rows."""
-    rng = np.random.default_rng([cfg.seed, step, rank])
+    """The rows of one micro-batch, which are causal, and how many are Multiverse: a pure
+    function of (seed, step, shard), so runs are reproducible and resumable, and shards (ranks,
+    accumulated micro-batches) draw different rows."""
+    rng = np.random.default_rng([cfg.seed, step, shard])
     idx = rng.integers(0, len(examples), size=cfg.batch_size)
     mv = rng.random(cfg.batch_size) < multiverse_fraction(step, cfg)
     causal_mv = rng.random(cfg.batch_size) < cfg.causal_fraction
@@ -343,24 +351,40 @@ def load_for_training(model_dir: str) -> tuple[Any, Any, dict[str, int], int]:
 # ---------------------------------------------------------------- the run
 
 
-def train(cfg: MultiverseTrainConfig, command: str = "", quiet: bool = False) -> dict:
-    """Fine-tune and export; returns the card (empty on ranks other than 0)."""
-    from tqdm.auto import tqdm
+RESUME_OVERRIDABLE = frozenset({"steps", "threads", "device", "save_every", "log_every"})
 
+
+def _check(cfg: MultiverseTrainConfig) -> None:
     if not cfg.model:
         raise InvalidRequestError("--model DIR is required (the model to fine-tune)")
     for name in ("curriculum", "mv_start", "causal_fraction"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise InvalidRequestError(f"--{name.replace('_', '-')} must be in [0, 1]")
-    if cfg.steps < 1 or cfg.batch_size < 1:
-        raise InvalidRequestError("--steps and --batch-size must be >= 1")
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise InvalidRequestError("--steps, --batch-size and --grad-accum must be >= 1")
+
+
+def train(
+    cfg: MultiverseTrainConfig,
+    command: str = "",
+    quiet: bool = False,
+    resume: bool = False,
+    overrides: dict[str, Any] | None = None,
+) -> dict:
+    """Fine-tune and export; returns the card (empty on ranks other than 0). On `resume` the
+    settings come from ``OUT/checkpoint`` except `overrides` (keys of RESUME_OVERRIDABLE)."""
     out = Path(cfg.out)
+    state = load_checkpoint(out / "checkpoint") if resume else None
+    if state is not None:
+        cfg = resumed_config(MultiverseTrainConfig, state, overrides or {}, RESUME_OVERRIDABLE)
+        cfg.out = str(out)
+    _check(cfg)
     cfg.name = cfg.name or out.name
-    rt = setup_runtime(cfg)  # type: ignore[arg-type]  # duck-typed: device, threads, precision
-    log = (lambda *a: None) if (quiet or not rt.main) else (lambda *a: print(*a, flush=True))
+    rt = setup_runtime(cfg.device, cfg.precision, cfg.threads)
+    log = rt.logger(quiet)
 
     records = load_records(cfg)
-    torch.manual_seed(cfg.seed)
+    seed_all(cfg.seed)
     model, tokenizer, tags, eos_id = load_for_training(cfg.model)
     context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 1 << 30
     max_len = min(cfg.max_len or context, context)
@@ -369,21 +393,20 @@ def train(cfg: MultiverseTrainConfig, command: str = "", quiet: bool = False) ->
         raise InvalidRequestError(f"every record is longer than {max_len} tokens")
     model.to(rt.device).train()
     n_params = count_parameters(model)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
+    trainer = Trainer(
+        rt,
+        model,
+        adamw(model, cfg.lr, cfg.weight_decay),
+        Schedule(cfg.steps, cfg.warmup, cfg.min_lr_ratio),
+        grad_accum=cfg.grad_accum,
+        grad_clip=cfg.grad_clip,
+        out=out,
+        log_every=cfg.log_every,
+        quiet=quiet,
     )
-    train_model = model
-    if rt.world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
-        )
+    if state is not None:
+        trainer.restore(state)
+        log(f"resumed from {out / 'checkpoint'} at step {trainer.step}")
     mask_dtype = rt.autocast_dtype or torch.float32
     lengths = [len(e.mv[0]) for e in examples]
     log(
@@ -391,54 +414,27 @@ def train(cfg: MultiverseTrainConfig, command: str = "", quiet: bool = False) ->
         f"{max_len} tokens dropped), median {int(np.median(lengths))} tokens, device "
         f"{rt.device} x{rt.world}, autocast {rt.autocast_dtype}, threads {torch.get_num_threads()}"
     )
-    history: list[dict] = []
-    tokens_seen, seconds = 0, 0.0
-    bar = tqdm(total=cfg.steps, disable=quiet or not rt.main, unit="step", file=sys.stderr)
+
+    def micro_loss(m: torch.nn.Module, step: int, shard: int) -> tuple[torch.Tensor, dict]:
+        rows, causal, n_mv = sample_batch(examples, step, cfg, shard)
+        batch = collate(rows, causal, tags, eos_id, mask_dtype)
+        batch = {k: v.to(rt.device) for k, v in batch.items()}
+        padded = int(batch["attention_mask"].shape[-1]) * len(rows)
+        return batch_loss(m, batch), {"mv_fraction": n_mv / len(rows), "tokens": padded}
+
     if rt.main:
         out.mkdir(parents=True, exist_ok=True)
-    try:
-        for step in range(cfg.steps):
-            t0 = time.perf_counter()
-            lr = lr_at(step, cfg)  # type: ignore[arg-type]
-            for g in opt.param_groups:
-                g["lr"] = lr
-            rows, causal, n_mv = sample_batch(examples, step, cfg, rt.rank)
-            batch = collate(rows, causal, tags, eos_id, mask_dtype)
-            batch = {k: v.to(rt.device) for k, v in batch.items()}
-            with _autocast(rt):
-                loss = batch_loss(train_model, batch)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            seconds += time.perf_counter() - t0
-            tokens_seen += int(batch["attention_mask"].shape[-1]) * len(rows) * rt.world
-            if rt.main:
-                rec = {
-                    "step": step + 1,
-                    "loss": round(loss.item(), 4),
-                    "lr": lr,
-                    "mv_fraction": round(n_mv / len(rows), 3),
-                    "grad_norm": round(gnorm, 3),
-                }
-                history.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", mv=f"{rec['mv_fraction']:.2f}")
-                bar.update(1)
-                if cfg.log_every and (step + 1) % cfg.log_every == 0:
-                    with open(out / "train_log.jsonl", "a") as f:
-                        f.write(json.dumps({**rec, "elapsed_s": round(seconds, 1)}) + "\n")
-                if cfg.save_every and (step + 1) % cfg.save_every == 0:
-                    _checkpoint(out, model, opt, step + 1, cfg)
-    finally:
-        bar.close()
+    checkpoint = (out / "checkpoint", asdict(cfg))
+    trainer.fit(micro_loss, cfg.steps, checkpoint=checkpoint, save_every=cfg.save_every)
 
     card: dict = {}
     if rt.main:
-        _checkpoint(out, model, opt, cfg.steps, cfg)
+        trainer.save(*checkpoint)
         tokenizer.save_pretrained(out)
         _portable_tokenizer_config(out / "tokenizer_config.json")
         export_model(model, out, out, eos_id)
         _greedy_generation_config(out, eos_id, max_len)
+        history = trainer.progress["history"]
         last = history[-min(50, len(history)) :]
         card = {
             "name": cfg.name,
@@ -450,19 +446,18 @@ def train(cfg: MultiverseTrainConfig, command: str = "", quiet: bool = False) ->
             "examples_dropped": dropped,
             "median_tokens": int(np.median(lengths)),
             "final_train_loss": round(sum(r["loss"] for r in last) / len(last), 4),
-            "first_train_loss": history[0]["loss"],
-            "train_seconds": round(seconds, 1),
-            "tokens_seen": tokens_seen,
+            "first_train_loss": round(history[0]["loss"], 4),
+            "train_seconds": round(trainer.progress["train_seconds"], 1),
+            "tokens_seen": trainer.progress["tokens_seen"],
             "device": str(rt.device),
             "world_size": rt.world,
             "precision": str(rt.autocast_dtype or "fp32").replace("torch.", ""),
-            "machine": _machine(),
+            "machine": machine(),
             "config": asdict(cfg),
             "command": command,
         }
         write_card(out, card)
-    if rt.world > 1:
-        torch.distributed.barrier()
+    rt.barrier()
     return card
 
 
@@ -480,19 +475,6 @@ def _portable_tokenizer_config(path: Path) -> None:
     config = json.loads(path.read_text())
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     path.write_text(json.dumps(config, indent=2) + "\n")
-
-
-def _checkpoint(out: Path, model: Any, opt: Any, step: int, cfg: MultiverseTrainConfig) -> None:
-    path = out / "checkpoint"
-    path.mkdir(parents=True, exist_ok=True)
-    state = {
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "step": step,
-        "config": asdict(cfg),
-    }
-    torch.save(state, path / "state.pt.tmp")
-    (path / "state.pt.tmp").replace(path / "state.pt")
 
 
 def write_card(out: Path, card: dict) -> None:
@@ -573,7 +555,8 @@ _HELP = {
     "causal_fraction": "share of Multiverse examples trained with the plain causal mask",
     "mask_forced": "no loss on the path labels the engine forces",
     "max_len": "drop examples longer than this many tokens (0 = model context)",
-    "batch_size": "examples per step per device",
+    "batch_size": "examples per micro-batch per device",
+    "grad_accum": "micro-batches accumulated per optimizer step",
     "threads": "torch CPU threads (0 = default)",
     "device": "auto (cuda > mps > cpu) or a torch device",
     "precision": "auto (bf16 autocast where supported), bf16 or fp32",
@@ -582,58 +565,38 @@ _HELP = {
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="JSON file with any of the settings below")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    for f in fields(MultiverseTrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        text = _HELP.get(f.name, f.name.replace("_", " "))
-        if f.default not in (None, ""):
-            text += f" (default {f.default})"
-        if str(f.type) == "bool":
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=text)
-        else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            p.add_argument(flag, dest=f.name, type=kind, default=None, help=text)
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint (settings come from the checkpoint; --steps, "
+        "--threads, --device, --save-every, --log-every may change)",
+    )
+    flags.add_config_arguments(p, MultiverseTrainConfig, _HELP)
 
 
 def config_from_args(args: argparse.Namespace) -> MultiverseTrainConfig:
     """Defaults < ``--config`` JSON < explicit flags."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        try:
-            values.update(json.loads(Path(args.config).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
-            raise InvalidRequestError(f"--config {args.config}: {e}") from None
-    names = {f.name for f in fields(MultiverseTrainConfig)}
-    unknown = set(values) - names
-    if unknown:
-        raise InvalidRequestError(f"--config: unknown keys {sorted(unknown)}")
-    for n in names:
-        v = getattr(args, n, None)
-        if v is not None:
-            values[n] = v
-    return MultiverseTrainConfig(**values)
+    return flags.config_from_args(MultiverseTrainConfig, args)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``braid train-multiverse``: the process exit code (2 with one line on error)."""
-    try:
+
+    def body() -> int:
         cfg = config_from_args(args)
-        flags = [a for a in sys.argv[1:] if a != "train-multiverse"]
-        command = "braid train-multiverse " + " ".join(flags)
-        card = train(cfg, command=command, quiet=args.quiet)
-    except ImportError as e:
-        print(
-            f"braid train-multiverse: needs {e.name}: pip install 'braid-llm[train]'",
-            file=sys.stderr,
+        overrides = None
+        if getattr(args, "resume", False):
+            overrides = {k: getattr(args, k) for k in RESUME_OVERRIDABLE}
+            overrides = {k: v for k, v in overrides.items() if v is not None}
+        command = flags.command_line("train-multiverse", args)
+        card = train(
+            cfg, command, args.quiet, resume=bool(overrides is not None), overrides=overrides
         )
-        return 2
-    except (BraidError, ValueError, FileNotFoundError) as e:
-        print(f"braid train-multiverse: {e}", file=sys.stderr)
-        return 2
-    if card and not args.quiet:
-        print(f"wrote {cfg.out}: final train loss {card['final_train_loss']:.4f}")
-    return 0
+        if card and not args.quiet:
+            print(f"wrote {cfg.out}: final train loss {card['final_train_loss']:.4f}")
+        return 0
+
+    return flags.run_reporting_errors("train-multiverse", body)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

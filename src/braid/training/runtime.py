@@ -171,6 +171,17 @@ def load_checkpoint(directory: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def resumed_config(cls: Callable[..., Any], state: dict, overrides: dict, allowed: Any) -> Any:
+    """The checkpoint's config (a run's identity comes from it) with the `overrides` applied;
+    only keys in `allowed` may change."""
+    saved = cls(**state["config"])
+    for k, v in overrides.items():
+        if k not in allowed:
+            raise ValueError(f"--resume: {k} cannot change, it comes from the checkpoint")
+        setattr(saved, k, v)
+    return saved
+
+
 def machine() -> str:
     """CPU or GPU name, logical CPUs and torch version, for model cards."""
     name = ""

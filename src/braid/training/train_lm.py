@@ -54,6 +54,7 @@ from braid.training.runtime import (
     count_parameters,
     load_checkpoint,
     machine,
+    resumed_config,
     seed_all,
     setup_runtime,
 )
@@ -278,17 +279,6 @@ RESUME_OVERRIDABLE = frozenset(
 )
 
 
-def _resumed_config(cfg: TrainConfig, state: dict, overrides: dict[str, Any] | None) -> TrainConfig:
-    """The run's identity comes from the checkpoint; only RESUME_OVERRIDABLE may change."""
-    saved = TrainConfig(**state["config"])
-    for k, v in (overrides or {}).items():
-        if k not in RESUME_OVERRIDABLE:
-            raise ValueError(f"--resume: {k} cannot change, it comes from the checkpoint")
-        setattr(saved, k, v)
-    saved.out = cfg.out
-    return saved
-
-
 def train(
     cfg: TrainConfig,
     resume: bool = False,
@@ -307,7 +297,8 @@ def train(
     ckpt_dir = out / "checkpoint"
     state = load_checkpoint(ckpt_dir) if resume else None
     if state is not None:
-        cfg = _resumed_config(cfg, state, overrides)
+        cfg = resumed_config(TrainConfig, state, overrides or {}, RESUME_OVERRIDABLE)
+        cfg.out = str(out)
     cfg.name = cfg.name or out.name
     # fail on bad distillation settings before minutes of data preparation
     if not 0.0 <= cfg.kd_weight <= 1.0:
