@@ -148,3 +148,28 @@ def test_models_tokenize_detokenize_version(code_server, offline_code):
     assert "version" in code_server.get("/version").json()
     body = json.loads(code_server.get("/health").text)
     assert body["status"] == "ok"
+
+
+def test_multiverse_over_http_matches_offline_and_reports_its_tree(tmp_path):
+    from conftest import start_server, stop_server
+
+    from braid import LLM
+    from braid.multiverse.tasks import make_task
+
+    prompt = make_task(1).prompt
+    server = start_server(["--method", "multiverse", "--dtype", "fp32"], tmp_path / "mv.log")
+    try:
+        out = server.client().completions.create(
+            model="multiverse-arith", prompt=prompt, max_tokens=70, temperature=0
+        )
+    finally:
+        stop_server(server)
+    llm = LLM(bundled_model("multiverse-arith"), dtype="fp32")
+    params = SamplingParams(max_tokens=70, temperature=0)
+    ref = llm.generate([prompt], params, method="multiverse")[0]
+    assert out.choices[0].text == ref.text and "<Parallel>" in ref.text
+    braid = out.model_extra["braid"]
+    assert braid["critical_path"] == ref.stats.critical_path
+    assert braid["paths"] == ref.stats.paths >= 1
+    (tree,) = braid["trees"]
+    assert "blocks" in tree or "error" in tree

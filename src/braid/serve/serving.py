@@ -234,6 +234,8 @@ class Serving:
                 "critical_path": total.critical_path,
                 "parallelism": round(total.parallelism, 3),
             }
+        if self.method.name == "multiverse":
+            braid["trees"] = [tree(o.text) for out in outputs for o in out.outputs]
         timings = {
             "prompt_n": sum(len(out.prompt_token_ids) for out in outputs),
             "predicted_n": total.generated_tokens,
@@ -326,6 +328,23 @@ def sum_stats(samples: list[RequestStats]) -> RequestStats:
             paths=total.paths + s.paths,
         )
     return total
+
+
+def tree(text: str) -> dict:
+    """A Multiverse answer's forks: per block (text order, nested ones included) the outline
+    and path labels, or why the text does not parse."""
+    from braid.multiverse.grammar import GrammarError, parse
+
+    try:
+        blocks = parse(text).blocks()
+    except GrammarError as e:
+        return {"error": str(e)}
+    return {
+        "blocks": [
+            {"outlines": [o.label for o in b.outlines], "paths": [p.label for p in b.paths]}
+            for b in blocks
+        ]
+    }
 
 
 def usage(outputs: list[RequestOutput]) -> dict:
