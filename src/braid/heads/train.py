@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import math
 import shutil
 import sys
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,8 @@ from braid.heads.io import save_heads
 from braid.heads.loss import gather_targets, joint_nll, load_balance
 from braid.heads.module import KINDS, CPHeads, HeadsConfig
 from braid.heads.tree import expected_tokens, fit_template, true_ranks
+from braid.training import flags
+from braid.training.runtime import Schedule, Trainer, adamw, native_bf16, seed_all, setup_runtime
 
 TARGETS = ("data", "greedy", "generated")
 TREE_NODES = 32  # draft tree template fitted on the validation set (heads-tree uses a prefix)
@@ -71,18 +71,6 @@ class HeadsTrainConfig:
     seed: int = 0
     threads: int = 0
     device: str = "auto"
-
-
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _native_bf16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def load_base(model_dir: Path, device: torch.device) -> torch.nn.Module:
@@ -277,28 +265,39 @@ def evaluate(heads, hidden, targets, unembed, batch: int = 256) -> float:
     return total / hidden.shape[0]
 
 
-def _lr(step: int, cfg: HeadsTrainConfig, peak: float) -> float:
-    warm = max(1, cfg.steps // 20)
-    if step < warm:
-        return peak * (step + 1) / warm
-    frac = (step - warm) / max(1, cfg.steps - warm)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+class _Objective(torch.nn.Module):
+    """Everything one optimizer step trains (the heads, with --finetune the body too) behind one
+    forward, so that DDP can synchronise its gradients."""
+
+    def __init__(self, heads: CPHeads, body: torch.nn.Module | None, unembed, balance: float):
+        super().__init__()
+        self.heads, self.body, self.unembed, self.balance = heads, body, unembed, balance
+
+    def forward(
+        self, x: torch.Tensor, targets: torch.Tensor, pick: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(objective, joint NLL): x is hidden states [N, d], or with a body token windows
+        [W, L] whose states at the flat indices `pick` get the targets [N, n]."""
+        if self.body is None:
+            return heads_loss(self.heads, x, targets, self.unembed, self.balance)
+        hidden = self.body.model(input_ids=x).last_hidden_state
+        logits = self.unembed(hidden[:, :-1]).flatten(0, 1).float()
+        lm = F.cross_entropy(logits, x[:, 1:].flatten())
+        h = hidden.flatten(0, 1)[pick]
+        loss, nll = heads_loss(self.heads, h, targets, self.unembed, self.balance)
+        return loss + lm, nll
 
 
 def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -> dict:
     """Train, evaluate and save heads to ``cfg.out``; returns the saved config as a dict."""
-    from tqdm.auto import tqdm
-
     from braid.llm import bundled_model
     from braid.model.loader import resolve_model_dir
 
     if cfg.targets is None:
         cfg = replace(cfg, targets="data" if cfg.finetune else "generated")
     check_config(cfg)
-    log = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    rt = setup_runtime(cfg.device, "fp32", cfg.threads)  # bf16 only where chosen below
+    device, log = rt.device, rt.logger(quiet)
     model_dir = resolve_model_dir(cfg.model) if cfg.model else bundled_model()
     model = load_base(model_dir, device)
     embed = model.get_output_embeddings().weight.detach()  # the shared, frozen unembedding
@@ -307,7 +306,7 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
         return F.linear(x, embed)
 
     # training logits in bf16 where the hardware has it (about 2x on this CPU); softmax in fp32
-    fast_embed = embed.to(torch.bfloat16) if _native_bf16(device) else embed
+    fast_embed = embed.to(torch.bfloat16) if native_bf16(device) else embed
 
     def unembed_train(x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(fast_embed.dtype), fast_embed)
@@ -345,14 +344,14 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
         bottleneck=cfg.bottleneck,
         base_first=cfg.base_first,
     )
-    torch.manual_seed(cfg.seed)
+    seed_all(cfg.seed)
     heads = CPHeads(hc, seed=cfg.seed).to(device)
-    params = [{"params": list(heads.parameters()), "lr": cfg.lr, "peak": cfg.lr}]
+    params = [{"params": list(heads.parameters()), "lr": cfg.lr}]
     if cfg.finetune:
         model.requires_grad_(True).train()
         model.get_input_embeddings().requires_grad_(False)
         body = [p for p in model.parameters() if p.requires_grad]
-        params.append({"params": body, "lr": cfg.finetune_lr, "peak": cfg.finetune_lr})
+        params.append({"params": body, "lr": cfg.finetune_lr})
         train_h = train_t = None
     elif cfg.targets == "generated":
         train_h, train_t, _ = generated_set(
@@ -367,29 +366,31 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
         else:
             train_h = train_h.flatten(0, 1)
             train_t = targets_for(train_ids, tr_starts, context, cfg.n).flatten(0, 1)
-    opt = torch.optim.AdamW(params, weight_decay=0.0, betas=(0.9, 0.95))
+    objective = _Objective(heads, model if cfg.finetune else None, unembed_train, cfg.balance)
+    schedule = Schedule(cfg.steps, warmup=max(1, cfg.steps // 20), min_lr_ratio=0.1)
+    trainer = Trainer(rt, objective, adamw(params, cfg.lr), schedule, quiet=quiet)
 
     initial = evaluate(heads, val_h.to(device), val_t.to(device), unembed)
     log(f"initial joint validation NLL {initial:.4f} nats/position")
     gen = torch.Generator().manual_seed(cfg.seed)
-    history, started = [], time.perf_counter()
-    bar = tqdm(range(cfg.steps), disable=quiet, unit="step", dynamic_ncols=True, file=sys.stderr)
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, cfg, g["peak"])
+    drawn: dict[int, torch.Tensor] = {}
+
+    def micro_loss(m: torch.nn.Module, step: int, shard: int) -> tuple[torch.Tensor, dict]:
         if cfg.finetune:
-            loss, nll = _finetune_loss(model, heads, train_ids, cfg, context, step, unembed_train)
-        else:
-            rows = torch.randint(0, train_h.shape[0], (cfg.batch_size,), generator=gen)
-            h, t = train_h[rows].float().to(device), train_t[rows].to(device)
-            loss, nll = heads_loss(heads, h, t, unembed_train, cfg.balance)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append(nll.item())
-        bar.set_postfix(joint_nll=f"{history[-1]:.3f}", refresh=False)
-    bar.close()
-    seconds = time.perf_counter() - started
+            x, t, pick = _finetune_batch(train_ids, cfg, context, step, shard)
+            loss, nll = m(x.to(device), t.to(device), pick.to(device))
+        else:  # every rank draws the whole step's rows from one stream and takes its shard
+            if step not in drawn:
+                drawn.clear()
+                size = cfg.batch_size * rt.world * trainer.grad_accum
+                drawn[step] = torch.randint(0, train_h.shape[0], (size,), generator=gen)
+            rows = drawn[step][shard * cfg.batch_size : (shard + 1) * cfg.batch_size]
+            loss, nll = m(train_h[rows].float().to(device), train_t[rows].to(device))
+        return loss, {"joint_nll": nll.item(), "tokens": cfg.batch_size}
+
+    trainer.fit(micro_loss, cfg.steps, stop_on_signal=False)
+    history = [r["joint_nll"] for r in trainer.progress["history"]]
+    seconds = trainer.progress["train_seconds"]
 
     out = Path(cfg.out)
     base = {"path": str(model_dir), "name": model_dir.name, "model_type": mc.model_type}
@@ -451,22 +452,19 @@ def check_config(cfg: HeadsTrainConfig) -> None:
         )
 
 
-def _finetune_loss(model, heads, ids, cfg, context, step, unembed):
-    """LM loss + heads loss on fresh windows; the hidden states carry gradients to the body."""
+def _finetune_batch(
+    ids: np.ndarray, cfg: HeadsTrainConfig, context: int, step: int, shard: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fresh windows [W, L], the flat positions that get heads targets, and their targets
+    [batch_size, n]: a pure function of (seed, step, shard)."""
     windows = max(1, cfg.batch_size // 64)
-    rng = np.random.default_rng([cfg.seed, step])
+    # shard 0 keeps the stream of the single-process runs made before there were shards
+    rng = np.random.default_rng([cfg.seed, step] if shard == 0 else [cfg.seed, step, shard])
     starts = rng.integers(0, len(ids) - context - MAX_N, windows)
-    device = next(model.parameters()).device
     rows = torch.from_numpy(np.stack([ids[s : s + context] for s in starts]).astype(np.int64))
-    rows = rows.to(device)
-    hidden = model.model(input_ids=rows).last_hidden_state
-    logits = unembed(hidden[:, :-1]).flatten(0, 1).float()
-    lm = F.cross_entropy(logits, rows[:, 1:].flatten())
     pick = torch.from_numpy(rng.integers(0, windows * context, cfg.batch_size))
-    h = hidden.flatten(0, 1)[pick.to(device)]
-    t = targets_for(ids, starts, context, cfg.n).flatten(0, 1)[pick].to(device)
-    loss, nll = heads_loss(heads, h, t, unembed, cfg.balance)
-    return loss + lm, nll
+    t = targets_for(ids, starts, context, cfg.n).flatten(0, 1)[pick]
+    return rows, t, pick
 
 
 def _export(model: torch.nn.Module, model_dir: Path, out: Path) -> None:
@@ -479,70 +477,50 @@ def _export(model: torch.nn.Module, model_dir: Path, out: Path) -> None:
 # ---------------------------------------------------------------- command line
 
 
+_HELP = {
+    "out": "output directory for heads.safetensors/json",
+    "model": "base model directory (default: the bundled target)",
+    "data": "text file or directory (default: CPython stdlib sources)",
+    "n": "tokens per hidden state",
+    "rank": "CP rank r",
+    "kind": "projection per position/expert",
+    "bottleneck": "residual block width",
+    "base_first": "position 1 reuses the base model's next-token distribution",
+    "batch_size": "positions per step",
+    "balance": "load-balancing weight",
+    "train_tokens": "cached positions",
+    "context": "window of the base model",
+    "targets": "generated (default; data with --finetune): the model's own continuations of "
+    "corpus prompts (see --gen-temperatures), the text decoding verifies against "
+    "(self-distillation); data: the corpus text's next n tokens; greedy: the model's own "
+    "argmax after each text token",
+    "gen_prompt": "generated: prompt tokens each",
+    "gen_tokens": "generated: new tokens each",
+    "gen_temperatures": "generated: comma list of temperatures the prompts are split among (0 = "
+    "greedy; default 0,1: half greedy, half sampled; 0 alone is best for greedy decoding only)",
+    "finetune": "train the backbone jointly",
+    "threads": "torch threads (0 = default)",
+    "device": "auto (cuda > mps > cpu), or a torch device string",
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    d = HeadsTrainConfig(out="")
-    p.add_argument("--out", required=True, help="output directory for heads.safetensors/json")
-    p.add_argument("--model", help="base model directory (default: the bundled target)")
-    p.add_argument("--data", help="text file or directory (default: CPython stdlib sources)")
-    p.add_argument("--n", type=int, default=d.n, help=f"tokens per hidden state (default {d.n})")
-    p.add_argument("--rank", type=int, default=d.rank, help=f"CP rank r (default {d.rank})")
-    p.add_argument("--kind", choices=KINDS, default=d.kind, help="projection per position/expert")
-    p.add_argument("--bottleneck", type=int, default=d.bottleneck, help="residual block width")
-    p.add_argument(
-        "--base-first",
-        action="store_true",
-        help="position 1 reuses the base model's next-token distribution",
-    )
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="positions per step")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--balance", type=float, default=d.balance, help="load-balancing weight")
-    p.add_argument("--train-tokens", type=int, default=d.train_tokens, help="cached positions")
-    p.add_argument("--val-tokens", type=int, default=d.val_tokens)
-    p.add_argument("--context", type=int, default=d.context, help="window of the base model")
-    p.add_argument(
-        "--targets",
-        choices=TARGETS,
-        default=d.targets,
-        help="generated (default; data with --finetune): the model's own continuations of "
-        "corpus prompts (see --gen-temperatures), the text decoding verifies against "
-        "(self-distillation); data: the corpus text's next n tokens; greedy: the model's own "
-        "argmax after each text token",
-    )
-    p.add_argument(
-        "--gen-prompt", type=int, default=d.gen_prompt, help="generated: prompt tokens each"
-    )
-    p.add_argument(
-        "--gen-tokens", type=int, default=d.gen_tokens, help="generated: new tokens each"
-    )
-    p.add_argument(
-        "--gen-temperatures",
-        default=d.gen_temperatures,
-        help="generated: comma list of temperatures the prompts are split among (0 = greedy; "
-        "default 0,1: half greedy, half sampled; 0 alone is best for greedy decoding only)",
-    )
-    p.add_argument("--finetune", action="store_true", help="train the backbone jointly")
-    p.add_argument("--finetune-lr", type=float, default=d.finetune_lr)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = default)")
-    p.add_argument("--device", default=d.device, help="auto (cuda if available, else cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    choices = {"kind": KINDS, "targets": TARGETS}
+    flags.add_config_arguments(p, HeadsTrainConfig, _HELP, choices=choices)
 
 
 def run(args: argparse.Namespace) -> int:
-    from braid.errors import BraidError
+    """Handler of ``braid train-heads``: the process exit code (2 with one line on error)."""
 
-    names = set(HeadsTrainConfig.__dataclass_fields__)
-    cfg = HeadsTrainConfig(**{k: v for k, v in vars(args).items() if k in names})
-    argv = getattr(args, "argv", None) or sys.argv[1:]
-    command = "braid " + " ".join(argv)
-    try:
+    def body() -> int:
+        cfg = flags.config_from_args(HeadsTrainConfig, args)
+        command = flags.command_line("train-heads", args)
         saved = train_heads(cfg, command=command, quiet=args.quiet)
-    except (ValueError, FileNotFoundError) as e:
-        raise BraidError(f"train-heads: {e}") from None
-    if not args.quiet:
-        print(f"wrote {cfg.out}: joint validation NLL {saved['val_loss']:.4f} nats/position")
-    return 0
+        if not args.quiet:
+            print(f"wrote {cfg.out}: joint validation NLL {saved['val_loss']:.4f} nats/position")
+        return 0
+
+    return flags.run_reporting_errors("train-heads", body)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
