@@ -30,15 +30,6 @@ def greedy_prefix(draft: list[int], logits: torch.Tensor) -> tuple[int, int]:
     return tau, best[tau]
 
 
-AUTO_START, AUTO_MAX = 4, 8  # gamma="auto": first draft length and its cap
-
-
-def next_gamma(gamma: int, fully_kept: bool) -> int:
-    """gamma="auto" (transformers' "heuristic" schedule): +2 after a fully kept draft, -1
-    otherwise, within [1, AUTO_MAX]."""
-    return min(AUTO_MAX, max(1, gamma + (2 if fully_kept else -1)))
-
-
 @dataclass
 class Plan:
     thresholds: torch.Tensor  # [γ] h_1..h_γ
