@@ -584,14 +584,10 @@ def run(args: argparse.Namespace) -> int:
 
     def body() -> int:
         cfg = config_from_args(args)
-        overrides = None
-        if getattr(args, "resume", False):
-            overrides = {k: getattr(args, k) for k in RESUME_OVERRIDABLE}
-            overrides = {k: v for k, v in overrides.items() if v is not None}
+        resume = bool(getattr(args, "resume", False))
+        overrides = flags.explicit_flags(MultiverseTrainConfig, args) if resume else {}
         command = flags.command_line("train-multiverse", args)
-        card = train(
-            cfg, command, args.quiet, resume=bool(overrides is not None), overrides=overrides
-        )
+        card = train(cfg, command, args.quiet, resume=resume, overrides=overrides)
         if card and not args.quiet:
             print(f"wrote {cfg.out}: final train loss {card['final_train_loss']:.4f}")
         return 0

@@ -70,6 +70,13 @@ def config_from_args(cls: Callable[..., C], args: argparse.Namespace) -> C:
         raise InvalidRequestError(f"--config: {e}") from None
 
 
+def explicit_flags(cls: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given as flags, `out` aside: on ``--resume`` they override the checkpoint's,
+    and one that may not change is an error rather than silently ignored."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name != "out"]
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
 def _required(cls: Any, name: str) -> bool:
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING

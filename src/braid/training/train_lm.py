@@ -503,10 +503,7 @@ def run(args: argparse.Namespace) -> int:
 
     def body() -> int:
         cfg = config_from_args(args)
-        overrides = None
-        if args.resume:
-            overrides = {k: getattr(args, k) for k in RESUME_OVERRIDABLE}
-            overrides = {k: v for k, v in overrides.items() if v is not None}
+        overrides = flags.explicit_flags(TrainConfig, args) if args.resume else None
         card = train(
             cfg,
             resume=args.resume,
