@@ -4,13 +4,20 @@ tokenizer and a generation config, and the model card (``README.md`` + ``braid_c
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from braid.training.corpus import EOS_TOKEN
+from braid.training.runtime import Runtime, Trainer, machine
 from braid.training.tokenizer import TOKENIZER_FILES
+
+if TYPE_CHECKING:  # train_lm imports this module
+    from braid.training.train_lm import TrainConfig
 
 
 def export_model(model: torch.nn.Module, out: Path, tok_dir: Path, eos_id: int) -> None:
@@ -119,3 +126,61 @@ def write_card(out: Path, card: dict) -> None:
     if card.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in card["notes"]] + [""]
     (out / "README.md").write_text("\n".join(lines))
+
+
+def build_card(
+    cfg: TrainConfig,
+    rt: Runtime,
+    trainer: Trainer,
+    n_params: int,
+    vocab: int,
+    val_loss: float,
+    n_eval: int,
+    corpus_meta: dict,
+) -> dict:
+    """The card of a finished run (``write_card`` renders it; the caller adds the command)."""
+    progress, step = trainer.progress, trainer.step
+    return {
+        "name": cfg.name,
+        "role": cfg.role,
+        "license": "apache-2.0",
+        "parameters": n_params,
+        "val_loss": round(val_loss, 4),
+        "val_ppl": round(math.exp(val_loss), 3),
+        "initial_val_loss": round(progress.get("initial_val_loss", float("nan")), 4),
+        "val_tokens_evaluated": n_eval,
+        "train_seconds": round(progress["train_seconds"], 1),
+        "tokens_seen": progress["tokens_seen"],
+        "steps": step,
+        "corpus": corpus_meta,
+        "architecture": {
+            "class": "LlamaForCausalLM",
+            "hidden_size": cfg.hidden_size,
+            "num_layers": cfg.num_layers,
+            "num_heads": cfg.num_heads,
+            "num_kv_heads": cfg.num_kv_heads,
+            "intermediate_size": cfg.intermediate_size,
+            "vocab_size": vocab,
+            "context": cfg.context,
+            "tie_embeddings": cfg.tie_embeddings,
+        },
+        "training": {
+            "steps_done": step,
+            "steps_planned": cfg.steps,
+            "batch_size": cfg.batch_size,
+            "grad_accum": cfg.grad_accum,
+            "world_size": rt.world,
+            "lr": cfg.lr,
+            "warmup": cfg.warmup,
+            "min_lr_ratio": cfg.min_lr_ratio,
+            "weight_decay": cfg.weight_decay,
+            "grad_clip": cfg.grad_clip,
+            "precision": str(rt.autocast_dtype).replace("torch.", "")
+            if rt.autocast_dtype
+            else "fp32 (no)",
+            "seed": cfg.seed,
+            "device": str(rt.device),
+            "machine": machine(),
+            "config": asdict(cfg),
+        },
+    }

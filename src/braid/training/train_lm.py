@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from braid.training import flags
 from braid.training.corpus import EOS_TOKEN, cache_root, load_corpus
-from braid.training.lm_card import export_model, write_card
+from braid.training.lm_card import build_card, export_model, write_card
 from braid.training.runtime import (
     Runtime,
     Schedule,
@@ -53,7 +53,6 @@ from braid.training.runtime import (
     adamw,
     count_parameters,
     load_checkpoint,
-    machine,
     resumed_config,
     seed_all,
     setup_runtime,
@@ -370,7 +369,7 @@ def train(
         n_eval = (min(len(val_ids) - 1, cfg.eval_tokens) // cfg.context) * cfg.context
         log(f"step {trainer.step}: validation loss {val_loss:.4f}, ppl {math.exp(val_loss):.2f}")
         export_model(model, out, tok_dir, eos_id)
-        card = _card(cfg, rt, trainer, n_params, vocab, val_loss, n_eval, corpus_meta)
+        card = build_card(cfg, rt, trainer, n_params, vocab, val_loss, n_eval, corpus_meta)
         card["command"] = command or "braid train-lm " + " ".join(sys.argv[1:])
         # Keep measurements added later (e.g. by braid.training.compare) across re-exports.
         old = out / "braid_card.json"
@@ -382,63 +381,6 @@ def train(
         write_card(out, card)
     rt.barrier()
     return card
-
-
-def _card(
-    cfg: TrainConfig,
-    rt: Runtime,
-    trainer: Trainer,
-    n_params: int,
-    vocab: int,
-    val_loss: float,
-    n_eval: int,
-    corpus_meta: dict,
-) -> dict:
-    progress, step = trainer.progress, trainer.step
-    return {
-        "name": cfg.name,
-        "role": cfg.role,
-        "license": "apache-2.0",
-        "parameters": n_params,
-        "val_loss": round(val_loss, 4),
-        "val_ppl": round(math.exp(val_loss), 3),
-        "initial_val_loss": round(progress.get("initial_val_loss", float("nan")), 4),
-        "val_tokens_evaluated": n_eval,
-        "train_seconds": round(progress["train_seconds"], 1),
-        "tokens_seen": progress["tokens_seen"],
-        "steps": step,
-        "corpus": corpus_meta,
-        "architecture": {
-            "class": "LlamaForCausalLM",
-            "hidden_size": cfg.hidden_size,
-            "num_layers": cfg.num_layers,
-            "num_heads": cfg.num_heads,
-            "num_kv_heads": cfg.num_kv_heads,
-            "intermediate_size": cfg.intermediate_size,
-            "vocab_size": vocab,
-            "context": cfg.context,
-            "tie_embeddings": cfg.tie_embeddings,
-        },
-        "training": {
-            "steps_done": step,
-            "steps_planned": cfg.steps,
-            "batch_size": cfg.batch_size,
-            "grad_accum": cfg.grad_accum,
-            "world_size": rt.world,
-            "lr": cfg.lr,
-            "warmup": cfg.warmup,
-            "min_lr_ratio": cfg.min_lr_ratio,
-            "weight_decay": cfg.weight_decay,
-            "grad_clip": cfg.grad_clip,
-            "precision": str(rt.autocast_dtype).replace("torch.", "")
-            if rt.autocast_dtype
-            else "fp32 (no)",
-            "seed": cfg.seed,
-            "device": str(rt.device),
-            "machine": machine(),
-            "config": asdict(cfg),
-        },
-    }
 
 
 # ---------------------------------------------------------------- command line
