@@ -21,6 +21,9 @@ KNOBS = json.dumps({"min_parts": 2, "max_parts": 2, "nest_rate": 0.0, "max_opera
 def _single_process(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()  # --threads 1 runs in this process; later tests keep theirs
+    yield
+    torch.set_num_threads(threads)
 
 
 def _flags(model: Path, out: Path, **kw: object) -> list[str]:

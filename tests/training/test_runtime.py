@@ -31,6 +31,9 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 def _single_process(monkeypatch):
     for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()  # the worker sets 1; later tests keep their threads
+    yield
+    torch.set_num_threads(threads)
 
 
 def _free_port() -> int:
