@@ -76,7 +76,10 @@ class Stream:
     counted: dict[int, tuple] = field(default_factory=dict)  # sample index -> counters so far
 
     def put(self, event) -> None:
-        self.aloop.call_soon_threadsafe(self.events.put_nowait, event)
+        try:
+            self.aloop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # its event loop has closed (shutdown): nobody is listening
+            pass
 
 
 class EngineLoop:

@@ -123,21 +123,23 @@ class Serving:
             return sse({**obj, "model": self.model_name, "choices": choices, **extra})
 
         def choice(tag: int, index: int, text: str, reason=None) -> dict:
-            return P.CompletionChoice(
-                index=tag * n + index, text=text, finish_reason=reason
-            ).model_dump()
+            c = P.CompletionChoice(index=tag * n + index, text=text, finish_reason=reason)
+            return c.model_dump()
 
-        if texts:
-            yield chunk([choice(t, j, texts[t]) for t in range(len(texts)) for j in range(n)])
-        async for event in run.events():
-            if isinstance(event, Piece):
-                yield chunk([choice(event.tag, event.index, event.text, event.finish_reason)])
-            elif isinstance(event, Failed):
-                yield sse(error_of(event.error))
-                break
-        else:
-            yield chunk([], **self._final(run, body))
-        yield "data: [DONE]\n\n"
+        try:
+            if texts:
+                yield chunk([choice(t, j, texts[t]) for t in range(len(texts)) for j in range(n)])
+            async for event in run.events():
+                if isinstance(event, Piece):
+                    yield chunk([choice(event.tag, event.index, event.text, event.finish_reason)])
+                elif isinstance(event, Failed):
+                    yield sse(error_of(event.error))
+                    break
+            else:
+                yield chunk([], **self._final(run, body))
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away mid-stream: stop its prompts now
+            run.abort()
 
     # -- chat --------------------------------------------------------------------------------
     async def chat(self, body: P.ChatCompletionRequest, disconnected: Callable):
@@ -174,22 +176,24 @@ class Serving:
             return sse({**obj, "model": self.model_name, "choices": choices, **extra})
 
         def choice(index: int, delta: P.Delta, reason=None) -> dict:
-            return P.ChatStreamChoice(index=index, delta=delta, finish_reason=reason).model_dump(
-                exclude_none=True, exclude={"logprobs"}
-            ) | {"logprobs": None, "finish_reason": reason}
+            c = P.ChatStreamChoice(index=index, delta=delta, finish_reason=reason)
+            return c.model_dump(exclude_none=True) | {"logprobs": None, "finish_reason": reason}
 
         n = run.streams[0].params.n
-        yield chunk([choice(j, P.Delta(role="assistant", content="")) for j in range(n)])
-        async for event in run.events():
-            if isinstance(event, Piece):
-                delta = P.Delta(content=event.text) if event.text else P.Delta()
-                yield chunk([choice(event.index, delta, event.finish_reason)])
-            elif isinstance(event, Failed):
-                yield sse(error_of(event.error))
-                break
-        else:
-            yield chunk([], **self._final(run, body))
-        yield "data: [DONE]\n\n"
+        try:
+            yield chunk([choice(j, P.Delta(role="assistant", content="")) for j in range(n)])
+            async for event in run.events():
+                if isinstance(event, Piece):
+                    delta = P.Delta(content=event.text) if event.text else P.Delta()
+                    yield chunk([choice(event.index, delta, event.finish_reason)])
+                elif isinstance(event, Failed):
+                    yield sse(error_of(event.error))
+                    break
+            else:
+                yield chunk([], **self._final(run, body))
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away mid-stream: stop its prompts now
+            run.abort()
 
     def _final(self, run: Run, body: P.SamplingFields) -> dict:
         """The last chunk: braid's stats, and usage when the client asked for it."""
