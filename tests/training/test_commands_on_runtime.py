@@ -1,5 +1,6 @@
-"""The commands on the runtime: `braid train-multiverse` under torchrun (2 gloo processes) trains
-as one process with twice the accumulation, and resumes exactly from its checkpoint."""
+"""The commands on the runtime under torchrun (2 gloo processes): `braid train-multiverse` trains
+as one process with twice the accumulation and resumes exactly from its checkpoint;
+`braid train-heads` trains as one process with twice the batch."""
 
 from __future__ import annotations
 
@@ -76,3 +77,44 @@ def test_resume_continues_exactly(llama_dir, tmp_path):
     card = json.loads((tmp_path / "part" / "braid_card.json").read_text())
     assert card["config"]["steps"] == 4
     assert main(["--out", str(tmp_path / "part"), "--resume", "--lr", "1", "--quiet"]) == 2
+
+
+def test_train_heads_on_two_processes_equals_one_with_the_global_batch(
+    llama_dir, tmp_path, monkeypatch
+):
+    """Each rank takes its slice of the step's rows, drawn from one seeded stream, so 2 x 8 rows
+    are the 16 rows of one process (the balance term, not linear in the batch, is off). The
+    heads' logits are bf16 on this CPU; the saved config rounds to 4 decimals."""
+    from helpers import CORPUS
+
+    monkeypatch.setenv("BRAID_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS * 12)
+
+    def flags(out: str, batch: int) -> list[str]:
+        # settings in a --config file: torchrun's own parser would take --n for its options
+        settings = {"model": str(llama_dir), "data": str(corpus), "n": 2, "rank": 2, "steps": 3}
+        settings.update(batch_size=batch, lr=1e-2, balance=0.0, train_tokens=256, val_tokens=64)
+        settings.update(context=32, targets="data", device="cpu", threads=1)
+        config = tmp_path / f"{out}.json"
+        config.write_text(json.dumps(settings))
+        return ["train-heads", "--config", str(config), "--out", str(tmp_path / out), "--quiet"]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2"]
+    cmd += ["--master-addr=127.0.0.1", f"--master-port={port}", "-m", "braid.cli"]
+    done = subprocess.run(cmd + flags("ddp", 8), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    from braid.cli import main as braid_main
+
+    assert braid_main(flags("one", 16)) == 0
+    assert braid_main(flags("half", 8)) == 0
+    ddp, one, half = (
+        json.loads((tmp_path / d / "heads.json").read_text()) for d in ("ddp", "one", "half")
+    )
+    for key in ("initial_val_loss", "last_train_nll"):
+        assert ddp["training"][key] == pytest.approx(one["training"][key], abs=2e-4), key
+    assert ddp["val_loss"] == pytest.approx(one["val_loss"], abs=2e-4)
+    assert abs(half["training"]["last_train_nll"] - one["training"]["last_train_nll"]) > 1e-2

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import os
 import shutil
 import sys
 from dataclasses import dataclass, replace
@@ -172,7 +173,7 @@ def _cached(model_dir: Path, what: str, payload: bytes, compute, log):
         return torch.load(path)
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # ranks of a distributed run race here
     torch.save(value, tmp)
     tmp.replace(path)
     return value
@@ -396,7 +397,8 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
     base = {"path": str(model_dir), "name": model_dir.name, "model_type": mc.model_type}
     if cfg.finetune:
         model.eval()
-        _export(model, model_dir, out / "model")
+        if rt.main:
+            _export(model, model_dir, out / "model")
         base = {**base, "path": str(out / "model"), "name": f"{model_dir.name}+finetuned"}
         embed = model.get_output_embeddings().weight.detach()
         val_h = hidden_states(model, val_ids, va_starts, context).flatten(0, 1)
@@ -431,7 +433,9 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
         "corpus": corpus_meta.get("name", cfg.data),
         "last_train_nll": round(float(np.mean(history[-20:])), 4),
     }
-    save_heads(heads.cpu(), out)
+    if rt.main:
+        save_heads(heads.cpu(), out)
+    rt.barrier()
     return hc.to_dict()
 
 
