@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import start_server, stop_server
-from test_faults import scrape, value
+from servers import scrape, start_server, stop_server, value
 
 from braid import SamplingParams
 

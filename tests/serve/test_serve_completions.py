@@ -151,7 +151,7 @@ def test_models_tokenize_detokenize_version(code_server, offline_code):
 
 
 def test_multiverse_over_http_matches_offline_and_reports_its_tree(tmp_path):
-    from conftest import start_server, stop_server
+    from servers import start_server, stop_server
 
     from braid import LLM
     from braid.multiverse.tasks import make_task

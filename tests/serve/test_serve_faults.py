@@ -3,49 +3,15 @@ slot or stops the server, and its counters agree with Prometheus."""
 
 import asyncio
 import random
-import time
 
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from servers import value, wait_idle
 
 from braid import SamplingParams
 
 WORDS = ["def", "import", "class", "return", "for", "while", "print", "self", "x", "yield"]
-
-
-def scrape(server) -> dict[tuple, float]:
-    """/metrics read by prometheus_client's own parser: (name, labels) -> value."""
-    text = server.get("/metrics").text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            labels = tuple(sorted((k, v) for k, v in s.labels.items() if k != "model_name"))
-            out[(s.name, labels)] = s.value
-    return out
-
-
-def value(metrics, name, **labels) -> float:
-    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-def wait_idle(server, timeout: float = 20.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        m = scrape(server)
-        busy = [
-            value(m, n)
-            for n in (
-                "vllm:num_requests_running",
-                "vllm:num_requests_waiting",
-                "braid:kv_cache_slots_used",
-                "braid:draft_cache_slots_used",
-            )
-        ]
-        if not any(busy) or time.monotonic() > deadline:
-            return m
-        time.sleep(0.1)
 
 
 def test_48_concurrent_requests_with_a_quarter_cancelled(spec_server, offline_code):
@@ -217,7 +183,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path):
     import signal
     import threading
 
-    from conftest import start_server, stop_server
+    from servers import start_server, stop_server
 
     server = start_server(["--model", "code-23m", "--dtype", "fp32"], tmp_path / "drain.log")
     try:
