@@ -37,10 +37,11 @@ class LayerWeights:
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm with the statistics in fp32 and the product in the weight dtype, as in HF Llama."""
-    # torch's fused kernel: one op for the five of the written-out formula, on every step of
-    # every layer (twice); same arithmetic, fp32
-    xf = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
-    return weight * xf.to(weight.dtype)
+    # torch's kernel keeps the statistics in fp32 and rounds the normalised value to x's dtype,
+    # which is HF's x.float() ... .to(dtype) bit for bit, without the two conversions per call
+    if x.dtype != weight.dtype:
+        x = x.to(weight.dtype)
+    return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
 
 
 class Transformer:
