@@ -286,3 +286,14 @@ def test_second_load_reads_the_cached_weights_and_runs_the_same_model(model_dirs
     # the quantized table's gathered rows are the dequantized rows, in the compute dtype
     ids = torch.tensor([0, 5, 319])
     assert torch.equal(again._embed(ids), again.embed.dequantize()[ids].to(torch.bfloat16))
+
+
+def test_info_says_how_each_type_runs_and_that_the_head_is_tied(model_dirs, tmp_path):
+    from braid.model.info import describe
+
+    path = write_gguf(model_dirs["llama"], tmp_path / "q41.gguf", "llama", "Q4_1")
+    info = describe(path)
+    assert "Q4_1 -> int4 kernel" in info["runs_as"]
+    assert info["tied_embeddings"] is True  # the tiny llama ties; the file has no output.weight
+    model, _ = load_model(path)
+    assert isinstance(model.layers[0].gate_up, QuantLinear)

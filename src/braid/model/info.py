@@ -52,16 +52,33 @@ def _describe_gguf(path: Path) -> dict[str, Any]:
     from braid.model.gguf import field_value, gguf_config, open_reader
 
     reader = open_reader(path)
-    config = ModelConfig.from_dict(gguf_config(reader, path), str(path))
+    cfg = gguf_config(reader, path)
+    cfg["tie_word_embeddings"] = "output.weight" not in {t.name for t in reader.tensors}
+    config = ModelConfig.from_dict(cfg, str(path))
     params = sum(int(t.n_elements) for t in reader.tensors)
     types = Counter(GGMLQuantizationType(t.tensor_type).name for t in reader.tensors)
     info = {"path": str(path), "format": "gguf", **_shape(config, params)}
     info["name"] = field_value(reader, "general.name")
     info["weights"] = ", ".join(f"{name} x{n}" for name, n in types.most_common())
     info["weights_mb"] = round(path.stat().st_size / 1e6, 1)
+    info["runs_as"] = _runs_as(types)
     info["license"] = field_value(reader, "general.license")
     info["chat_template"] = field_value(reader, "tokenizer.chat_template") is not None
     return {k: v for k, v in info.items() if v is not None}
+
+
+def _runs_as(types: Counter) -> str:
+    """What `--weights auto` does with each of the file's types (model/gguf_weights.py)."""
+    from braid.model.gguf_weights import EXACT_TYPES
+
+    kept = {"Q4_0": "int4", "Q4_1": "int4", "Q8_0": "2 x int4"}
+    parts = []
+    for name in types:
+        if name in EXACT_TYPES:
+            parts.append(f"{name} -> {kept[name]} kernel (same integers)")
+        elif name not in ("F32",):
+            parts.append(f"{name} -> bf16 (dequantized)")
+    return "; ".join(parts) or "bf16"
 
 
 def _shape(config: ModelConfig, params: int) -> dict[str, Any]:
