@@ -297,3 +297,38 @@ def test_info_says_how_each_type_runs_and_that_the_head_is_tied(model_dirs, tmp_
     assert info["tied_embeddings"] is True  # the tiny llama ties; the file has no output.weight
     model, _ = load_model(path)
     assert isinstance(model.layers[0].gate_up, QuantLinear)
+
+
+def test_q4_k_sub_blocks_map_onto_the_int4_kernel(tmp_path):
+    """gguf cannot write Q4_K: random blocks with sane fp16 scales, as test_gguf does; the
+    mapping's weights equal gguf-py's dequantization (fp32 scales), and the model runs them."""
+    from helpers import make_hf_model
+    from test_gguf import _k_blocks
+
+    wide = make_hf_model(
+        "llama", tmp_path / "wide", hidden_size=256, intermediate_size=256,
+        num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=1,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    path = write_gguf(wide, tmp_path / "q4k.gguf", "llama", "Q4_K", raw_blocks=_k_blocks(rng))
+    dense = read_gguf(path).state  # gguf.quants
+    from braid.model.gguf_weights import gguf_weights
+
+    quant = gguf_weights(path, "file")
+    checked = 0
+    for name, w in quant.items():
+        if not isinstance(w, QuantWeight):
+            continue
+        s, z = w.scales.repeat_interleave(32, -1), w.zeros.repeat_interleave(32, -1)
+        exact = ((w.q.float() - 8) * s + z).sum(0)
+        scale = dense[name].abs().max()
+        assert (exact - dense[name]).abs().max() <= 1e-6 * scale, name
+        checked += 1
+    assert checked >= 7  # q, k, v, o, gate, up, down (and the embedding)
+    model, _ = load_model(path)
+    assert isinstance(model.layers[0].down, QuantLinear)
+    ref, _ = load_model(path, "fp32")
+    _, ours = braid_prefill(model, PROMPTS)
+    _, want = braid_prefill(ref, PROMPTS)
+    for a, b in zip(ours, want):
+        assert rel_err(a, b) < 3e-2  # bf16 activations and scales

@@ -1,10 +1,11 @@
 """A GGUF file's weights kept quantized: its integers on braid's int4 / int8 linears.
 
 Which weights stay quantized and how (`mode`):
-- "file" (`--weights auto` on a GGUF): every Q4_0, Q4_1 and Q8_0 matrix keeps its integers
-  exactly (model/quant.py: Q4 on the int4 kernel, Q8_0 as two exact int4 halves); other types
-  (F16, BF16, F32, the K-quants, Q5_0/Q5_1) have no exact int-kernel mapping yet and run
-  dequantized in bf16. The rule is exact-or-dense: nothing is re-quantized behind the user's back.
+- "file" (`--weights auto` on a GGUF): every Q4_0, Q4_1, Q4_K and Q8_0 matrix keeps its
+  integers exactly (model/quant.py: Q4 on the int4 kernel, Q4_K's 6-bit sub-block scales folded
+  into per-32 scales and zeros, Q8_0 as two exact int4 halves); other types (F16, BF16, F32,
+  Q2_K, Q3_K, Q5_K, Q6_K, Q5_0/Q5_1) have no exact int-kernel mapping and run dequantized in
+  bf16. The rule is exact-or-dense: nothing is re-quantized behind the user's back.
 - "int4" / "int8": what `--weights` asks, for every matrix: exact where the file's integers map
   (Q4_x, Q8_0 onto int4), else re-quantized from the dequantized values (groups of 32 for int4,
   per output channel for int8).
@@ -25,7 +26,12 @@ from braid.errors import ModelLoadError
 from braid.model.gguf import GGUFTensor, gguf_config, gguf_tensor_list, open_reader, unpermute_rows
 from braid.model.quant import QuantWeight, from_gguf, quantize_int4, quantize_int8
 
-EXACT_TYPES = ("Q4_0", "Q4_1", "Q8_0")  # types whose integers the int kernels take unchanged
+EXACT_TYPES = (
+    "Q4_0",
+    "Q4_1",
+    "Q8_0",
+    "Q4_K",
+)  # types whose integers the int kernels take unchanged
 MODES = ("file", "int4", "int8")
 _MATRICES = ("proj.weight", "embed_tokens.weight", "lm_head.weight")
 

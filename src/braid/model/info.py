@@ -71,7 +71,7 @@ def _runs_as(types: Counter) -> str:
     """What `--weights auto` does with each of the file's types (model/gguf_weights.py)."""
     from braid.model.gguf_weights import EXACT_TYPES
 
-    kept = {"Q4_0": "int4", "Q4_1": "int4", "Q8_0": "2 x int4"}
+    kept = {"Q4_0": "int4", "Q4_1": "int4", "Q4_K": "int4", "Q8_0": "2 x int4"}
     parts = []
     for name in types:
         if name in EXACT_TYPES:

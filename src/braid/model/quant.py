@@ -176,7 +176,8 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
 
 
 def from_gguf(raw: torch.Tensor, qtype: str, shape: tuple[int, int]) -> QuantWeight:
-    """A Q4_0 / Q4_1 / Q8_0 tensor's raw bytes (uint8) as a `QuantWeight` with the same integers."""
+    """A Q4_0 / Q4_1 / Q8_0 / Q4_K tensor's raw bytes (uint8) as a `QuantWeight` with the same
+    integers."""
     n, k = shape
     if qtype == "Q4_0":  # [d fp16][16 bytes]: w = d * (q - 8)
         b = _blocks(raw, n, k, 18)
@@ -193,7 +194,27 @@ def from_gguf(raw: torch.Tensor, qtype: str, shape: tuple[int, int]) -> QuantWei
         d = _fp16(b[..., :2])
         q = b[..., 2:].contiguous().view(torch.int8).reshape(n, k)
         return split_int8_groups(q, d)
+    if qtype == "Q4_K":
+        return _q4_k(raw, n, k)
     raise ValueError(f"no int kernel mapping for {qtype}")
+
+
+def _q4_k(raw: torch.Tensor, n: int, k: int) -> QuantWeight:
+    """Q4_K super-blocks of 256 (ggml-common.h block_q4_K: d, dmin fp16, 12 bytes of 6-bit
+    sub-block scales and mins, 128 bytes of nibbles): 8 sub-blocks of 32 with
+    w = d * sc * q - dmin * m, i.e. the int4 kernel's scale d * sc and zero 8 d sc - dmin m."""
+    b = raw.reshape(n, k // 256, 144)
+    d, dmin = _fp16(b[..., 0:2]), _fp16(b[..., 2:4])
+    sm = b[..., 4:16].to(torch.int32)  # get_scale_min_k4, for the 8 sub-blocks at once
+    lo4, hi4 = sm[..., 0:4], sm[..., 4:8]
+    sc = torch.cat([lo4 & 63, (sm[..., 8:12] & 0x0F) | ((lo4 >> 6) << 4)], -1)
+    m = torch.cat([hi4 & 63, (sm[..., 8:12] >> 4) | ((hi4 >> 6) << 4)], -1)
+    # each 32-byte chunk: low nibbles are sub-block 2i, high nibbles sub-block 2i + 1
+    qs = b[..., 16:].reshape(n, k // 256, 4, 32)
+    q = torch.stack([qs & 0x0F, qs >> 4], 3).reshape(n, k)
+    scale = (d[..., None] * sc).reshape(n, k // 32)
+    zero = (8 * d[..., None] * sc - dmin[..., None] * m).reshape(n, k // 32)
+    return QuantWeight(4, q[None], scale[None], zero[None])
 
 
 def split_int8_groups(q: torch.Tensor, d: torch.Tensor) -> QuantWeight:
