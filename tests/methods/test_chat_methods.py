@@ -21,9 +21,7 @@ CONVERSATION = [
 
 @pytest.fixture(scope="module")
 def code_llm():
-    return LLM(
-        "code-23m", dtype="fp32", draft=bundled_model("code-draft-2m"), heads=BUNDLED_HEADS
-    )
+    return LLM("code-23m", dtype="fp32", draft=bundled_model("code-draft-2m"), heads=BUNDLED_HEADS)
 
 
 @pytest.mark.parametrize(
@@ -32,9 +30,9 @@ def code_llm():
 def test_every_method_answers_a_chat_as_ar_does(code_llm, method):
     params = SamplingParams(max_tokens=24, temperature=0)
     ar = code_llm.chat(CONVERSATION, params, chat_template=TEMPLATE)[0]
-    out = code_llm.chat(
-        CONVERSATION, params, method=MethodConfig(method), chat_template=TEMPLATE
-    )[0]
+    out = code_llm.chat(CONVERSATION, params, method=MethodConfig(method), chat_template=TEMPLATE)[
+        0
+    ]
     assert out.token_ids == ar.token_ids and out.text == ar.text
     assert out.stats.passes < len(out.token_ids)  # drafts were kept: the method really ran
 
