@@ -6,6 +6,11 @@ virtual environment: one JSON request per stdin line, one JSON result per stdout
 
 Install (a benchmark-only dependency; pip builds llama.cpp from source, ~10 minutes on 2 cores):
     python -m venv /work/llamacpp-venv && /work/llamacpp-venv/bin/pip install llama-cpp-python
+On a VM that advertises AMX without granting it to llama.cpp's threads (SIGILL on `tilezero`),
+build without AMX:
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON \
+      -DGGML_AVX512_BF16=ON -DGGML_AVX_VNNI=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+      -DGGML_AMX_BF16=OFF" pip install --force-reinstall --no-cache-dir llama-cpp-python
 """
 
 import json
