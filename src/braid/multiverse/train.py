@@ -61,9 +61,7 @@ from braid.multiverse.grammar import to_sequential
 from braid.training import flags
 from braid.training.lm_card import export_model
 from braid.training.runtime import (
-    Schedule,
     Trainer,
-    adamw,
     count_parameters,
     load_checkpoint,
     machine,
@@ -393,17 +391,7 @@ def train(
         raise InvalidRequestError(f"every record is longer than {max_len} tokens")
     model.to(rt.device).train()
     n_params = count_parameters(model)
-    trainer = Trainer(
-        rt,
-        model,
-        adamw(model, cfg.lr, cfg.weight_decay),
-        Schedule(cfg.steps, cfg.warmup, cfg.min_lr_ratio),
-        grad_accum=cfg.grad_accum,
-        grad_clip=cfg.grad_clip,
-        out=out,
-        log_every=cfg.log_every,
-        quiet=quiet,
-    )
+    trainer = Trainer.from_config(rt, model, cfg, out, quiet)
     if state is not None:
         trainer.restore(state)
         log(f"resumed from {out / 'checkpoint'} at step {trainer.step}")

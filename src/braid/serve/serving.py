@@ -115,7 +115,7 @@ class Serving:
             **self.stats(outputs),
         }
 
-    async def _completion_stream(self, run, body, rid, created, texts) -> AsyncIterator[str]:
+    def _completion_stream(self, run, body, rid, created, texts) -> AsyncIterator[str]:
         n = run.streams[0].params.n
 
         def chunk(choices: list[dict], **extra) -> str:
@@ -126,20 +126,14 @@ class Serving:
             c = P.CompletionChoice(index=tag * n + index, text=text, finish_reason=reason)
             return c.model_dump()
 
-        try:
-            if texts:
-                yield chunk([choice(t, j, texts[t]) for t in range(len(texts)) for j in range(n)])
-            async for event in run.events():
-                if isinstance(event, Piece):
-                    yield chunk([choice(event.tag, event.index, event.text, event.finish_reason)])
-                elif isinstance(event, Failed):
-                    yield sse(error_of(event.error))
-                    break
-            else:
-                yield chunk([], **self._final(run, body))
-            yield "data: [DONE]\n\n"
-        finally:  # the client went away mid-stream: stop its prompts now
-            run.abort()
+        opening = []
+        if texts:
+            opening = [chunk([choice(t, j, texts[t]) for t in range(len(texts)) for j in range(n)])]
+
+        def piece(event: Piece) -> str:
+            return chunk([choice(event.tag, event.index, event.text, event.finish_reason)])
+
+        return self._sse(run, body, opening, piece, chunk)
 
     # -- chat --------------------------------------------------------------------------------
     async def chat(self, body: P.ChatCompletionRequest, disconnected: Callable):
@@ -170,7 +164,7 @@ class Serving:
             **self.stats(outputs),
         }
 
-    async def _chat_stream(self, run, body, rid, created) -> AsyncIterator[str]:
+    def _chat_stream(self, run, body, rid, created) -> AsyncIterator[str]:
         def chunk(choices: list[dict], **extra) -> str:
             obj = {"id": rid, "object": "chat.completion.chunk", "created": created}
             return sse({**obj, "model": self.model_name, "choices": choices, **extra})
@@ -179,13 +173,30 @@ class Serving:
             c = P.ChatStreamChoice(index=index, delta=delta, finish_reason=reason)
             return c.model_dump(exclude_none=True) | {"logprobs": None, "finish_reason": reason}
 
+        def piece(event: Piece) -> str:
+            delta = P.Delta(content=event.text) if event.text else P.Delta()
+            return chunk([choice(event.index, delta, event.finish_reason)])
+
         n = run.streams[0].params.n
+        opening = [chunk([choice(j, P.Delta(role="assistant", content="")) for j in range(n)])]
+        return self._sse(run, body, opening, piece, chunk)
+
+    async def _sse(
+        self,
+        run: Run,
+        body: P.SamplingFields,
+        opening: list[str],
+        piece: Callable[[Piece], str],
+        chunk: Callable[..., str],
+    ) -> AsyncIterator[str]:
+        """One stream: the opening chunks, a chunk per decoded piece, the final stats chunk (or
+        one error chunk), then [DONE]; a client gone mid-stream aborts its prompts."""
         try:
-            yield chunk([choice(j, P.Delta(role="assistant", content="")) for j in range(n)])
+            for c in opening:
+                yield c
             async for event in run.events():
                 if isinstance(event, Piece):
-                    delta = P.Delta(content=event.text) if event.text else P.Delta()
-                    yield chunk([choice(event.index, delta, event.finish_reason)])
+                    yield piece(event)
                 elif isinstance(event, Failed):
                     yield sse(error_of(event.error))
                     break

@@ -222,6 +222,25 @@ class Trainer:
         self.step = 0
         self.progress: dict[str, Any] = {"tokens_seen": 0, "train_seconds": 0.0, "history": []}
 
+    @classmethod
+    def from_config(
+        cls, rt: Runtime, model: torch.nn.Module, cfg: Any, out: Path | None, quiet: bool
+    ) -> Trainer:
+        """AdamW and warmup + cosine from a command's config (lr, weight_decay, steps, warmup,
+        min_lr_ratio, grad_accum, grad_clip, log_every): how train-lm and train-multiverse
+        build theirs."""
+        return cls(
+            rt,
+            model,
+            adamw(model, cfg.lr, cfg.weight_decay),
+            Schedule(cfg.steps, cfg.warmup, cfg.min_lr_ratio),
+            grad_accum=cfg.grad_accum,
+            grad_clip=cfg.grad_clip,
+            out=out,
+            log_every=cfg.log_every,
+            quiet=quiet,
+        )
+
     # ------------------------------------------------------------ checkpoints
 
     def save(self, directory: Path, config: dict) -> None:

@@ -50,7 +50,6 @@ from braid.training.runtime import (
     Runtime,
     Schedule,
     Trainer,
-    adamw,
     count_parameters,
     load_checkpoint,
     resumed_config,
@@ -321,17 +320,7 @@ def train(
     if cfg.init and state is None:
         load_init(model, cfg.init)
     teacher = load_teacher(cfg.teacher, vocab, rt.device) if cfg.teacher else None
-    trainer = Trainer(
-        rt,
-        model,
-        adamw(model, cfg.lr, cfg.weight_decay),
-        Schedule(cfg.steps, cfg.warmup, cfg.min_lr_ratio),
-        grad_accum=cfg.grad_accum,
-        grad_clip=cfg.grad_clip,
-        out=out,
-        log_every=cfg.log_every,
-        quiet=quiet,
-    )
+    trainer = Trainer.from_config(rt, model, cfg, out, quiet)
     if state is not None:
         trainer.restore(state)
         log(f"resumed from {ckpt_dir} at step {trainer.step}")
