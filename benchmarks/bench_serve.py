@@ -236,6 +236,9 @@ def table(rows: list[dict], meta: dict) -> str:
         f"turns), greedy, max_tokens {meta['max_tokens']}, {meta['threads']} threads, braid "
         f"--max-batch {meta['max_batch']}; load client: openai {meta['openai']} (asyncio).",
         "",
+        "Machine: {cpu}, {cores} cores, torch {torch}, {date}.".format(**meta["machine"]),
+        f"Command: `.venv/bin/python {meta['command'].strip()}`",
+        "",
         "| " + " | ".join(h for _, h in COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
@@ -296,7 +299,11 @@ def main() -> None:
         rows += bench_server("llama.cpp", cmd, port, "/v1/models", args, convs)
     import openai
 
+    from braid.bench.machine import describe
+
     meta = {
+        "machine": describe(args.threads),
+        "command": "benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
         "model": args.model or gguf_file().name,
         "requests": args.requests,
         "max_tokens": args.max_tokens,

@@ -13,7 +13,7 @@ target whatever method runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import Any
@@ -31,6 +31,7 @@ FALLBACKS: dict[str, Any] = {
     "min_p": 0.0,
     "repetition_penalty": 1.0,
 }
+MAX_LOGPROBS = 20  # alternatives per token one request may ask for (OpenAI's limit)
 # generation_config.json key -> SamplingParams field
 GENERATION_KEYS = {
     "max_new_tokens": "max_tokens",
@@ -59,6 +60,13 @@ class SamplingParams:
     when positive, multiplied when not. Every method applies all three, exactly.
     n: samples of the prompt, returned as `RequestOutput.outputs`; sample i draws with seed + i
     (vLLM's rule; unseeded samples are independent draws) and all share the prompt's prefill.
+    min_tokens: vLLM's: the stop tokens (eos unless ignored, stop_token_ids) get no mass and stop
+    strings are not looked for until this many tokens are out. logprobs: None, or k >= 0: every
+    output token's log-probability under the target's processed distribution (penalties,
+    temperature and filters; a greedy request's is the penalised softmax at temperature 1, as
+    OpenAI reports temperature 0) with the k most likely alternatives. num_speculative_tokens:
+    braid's per-request cap on the draft length of a step (0: this request never drafts; None:
+    the method's own); it changes speed only, never the distribution.
 
     max_tokens, temperature, top_k, top_p, min_p and repetition_penalty left unset (None) take
     braid's fallbacks (`FALLBACKS`: 64, 1.0, 0, 1.0, 0.0, 1.0) and are remembered in `unset`,
@@ -82,6 +90,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float | None = None
     n: int = 1
+    min_tokens: int = 0
+    logprobs: int | None = None
+    num_speculative_tokens: int | None = None
     # names the caller left unset: not an argument, and two params that sample alike are equal
     unset: frozenset[str] = field(default=frozenset(), init=False, compare=False, repr=False)
 
@@ -109,6 +120,21 @@ class SamplingParams:
             raise InvalidRequestError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise InvalidRequestError(f"n (samples per prompt) must be an int >= 1, got {self.n}")
+        if self.min_tokens < 0:
+            raise InvalidRequestError(f"min_tokens must be >= 0, got {self.min_tokens}")
+        if self.min_tokens > self.max_tokens:
+            raise InvalidRequestError(
+                f"min_tokens ({self.min_tokens}) must be <= max_tokens ({self.max_tokens})"
+            )
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
+            raise InvalidRequestError(
+                f"logprobs must be in [0, {MAX_LOGPROBS}] or None, got {self.logprobs}"
+            )
+        if self.num_speculative_tokens is not None and self.num_speculative_tokens < 0:
+            raise InvalidRequestError(
+                f"num_speculative_tokens must be >= 0 (0: no drafting) or None, "
+                f"got {self.num_speculative_tokens}"
+            )
         if self.max_total_tokens is not None and self.max_total_tokens < 1:
             raise InvalidRequestError(
                 f"max_total_tokens must be >= 1 or None, got {self.max_total_tokens}"
@@ -128,10 +154,14 @@ class SamplingParams:
 
     def _check_types(self) -> None:
         """Wrong types are refused here, not found mid-batch by a kernel."""
-        for name in ("max_tokens", "top_k", "n"):
+        for name in ("max_tokens", "top_k", "n", "min_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidRequestError(f"{name} must be an integer, got {value!r}")
+        for name in ("logprobs", "num_speculative_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise InvalidRequestError(f"{name} must be an integer or None, got {value!r}")
         for name in (
             "temperature", "top_p", "min_p", "presence_penalty", "frequency_penalty",
             "repetition_penalty",
@@ -174,7 +204,13 @@ class SamplingParams:
 
     @property
     def penalised(self) -> bool:
-        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1)
+        """Whether a row's logits depend on what it has seen (penalties, or min_tokens)."""
+        return bool(
+            self.presence_penalty
+            or self.frequency_penalty
+            or self.repetition_penalty != 1
+            or self.min_tokens
+        )
 
 
 # what a logits row has seen: (prompt ids, generated ids before the token it scores)
@@ -182,13 +218,17 @@ History = tuple[Sequence[int], Sequence[int]]
 
 
 def apply_penalties(
-    logits: torch.Tensor, params: Sequence[SamplingParams], histories: Sequence[History]
+    logits: torch.Tensor,
+    params: Sequence[SamplingParams],
+    histories: Sequence[History],
+    stops: Sequence[Collection[int]] | None = None,
 ) -> torch.Tensor:
     """Raw logits [N, V] -> the penalised logits (fp32), each row with its params and history.
 
-    Repetition first, then frequency and presence, as vLLM orders them. Returns `logits` itself
-    when no row has penalties, so callers pay nothing in the common case. Ids >= V (an id a
-    smaller draft vocabulary cannot score) are skipped.
+    Repetition first, then frequency and presence, as vLLM orders them; then a row that has seen
+    fewer than min_tokens generated tokens gives its `stops` (the request's stop ids) no mass.
+    Returns `logits` itself when no row has penalties, so callers pay nothing in the common
+    case. Ids >= V (an id a smaller draft vocabulary cannot score) are skipped.
     """
     rows = [i for i, p in enumerate(params) if p.penalised]
     if not rows:
@@ -208,6 +248,13 @@ def apply_penalties(
     freq = torch.tensor([params[i].frequency_penalty for i in rows], device=out.device)[:, None]
     pres = torch.tensor([params[i].presence_penalty for i in rows], device=out.device)[:, None]
     out = out - (freq * counts + pres * (counts > 0))
+    early = [(j, i) for j, i in enumerate(rows) if len(histories[i][1]) < params[i].min_tokens]
+    if early and stops is None:
+        raise ValueError("min_tokens needs the rows' stop ids")
+    for j, i in early:
+        ids = [t for t in stops[i] if t < vocab]
+        if ids:
+            out[j, ids] = float("-inf")
     if n == logits.shape[0]:
         return out
     return logits.float().index_copy(0, torch.tensor(rows, device=out.device), out)
@@ -262,6 +309,35 @@ def _filtered(scores: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     out = torch.empty_like(scores)
     out[order] = torch.softmax(sorted_scores, dim=-1)
     return out
+
+
+@dataclass
+class TokenLogprob:
+    """One output token's log-probability and the `k` most likely ids at its position."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def token_logprobs(
+    rows: torch.Tensor, tokens: Sequence[int], params: SamplingParams
+) -> list[TokenLogprob]:
+    """rows [n, V]: the penalised target logits that scored tokens[j] (row j) -> what
+    `SamplingParams.logprobs` reports: log of the processed distribution the token was drawn
+    from (a greedy request's: the penalised softmax, temperature 1)."""
+    logits = rows.float()
+    if params.greedy:
+        logp = torch.log_softmax(logits, dim=-1)
+    else:
+        logp = process_logits(logits, [params] * len(tokens)).log()
+    chosen = logp[torch.arange(len(tokens)), torch.tensor(list(tokens))].tolist()
+    k = params.logprobs or 0
+    values, ids = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
+    return [
+        TokenLogprob(int(t), lp, list(zip(i, v, strict=True)))
+        for t, lp, i, v in zip(tokens, chosen, ids.tolist(), values.tolist(), strict=True)
+    ]
 
 
 def make_generator(seed: int | None) -> torch.Generator:

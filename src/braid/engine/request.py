@@ -16,7 +16,7 @@ import torch
 from braid.cache import TokenGraph
 from braid.errors import InvalidRequestError
 from braid.model.tokenizer import Tokenizer
-from braid.sampling import SamplingParams, make_generator
+from braid.sampling import SamplingParams, TokenLogprob, make_generator, token_logprobs
 
 
 @dataclass
@@ -102,6 +102,7 @@ class CompletionOutput:
     token_ids: list[int]
     finish_reason: str  # "stop" (eos, stop token or stop string), "length", "abort", "error"
     stats: RequestStats = field(default_factory=RequestStats)
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when params.logprobs is set
 
 
 @dataclass
@@ -192,10 +193,14 @@ class Request:
         self.generator: torch.Generator = make_generator(sample_seed(params.seed, index))
         self.graph: TokenGraph | None = None
         self.output_ids: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None
         self.text = ""
+        self._stop_from = 0  # where stop strings are looked for (min_tokens moves it)
         self.emitted = 0  # characters of `text` already streamed
         # text pieces to stream, for methods whose output is not a growing prefix (multiverse)
         self.chunks: list[str] | None = None
+        # multiverse: each top-level path as it ended ({block, label, text}), in that order
+        self.paths: list[dict] = []
         self.finish_reason: str | None = None  # "stop", "length", "abort" or "error"
         self.error: Exception | None = None  # why it failed ("error"); its peers ran on
         self.stats = RequestStats(prompt_tokens=len(prompt_ids))
@@ -250,12 +255,15 @@ class Request:
     def all_ids(self) -> list[int]:
         return self.prompt_ids + self.output_ids
 
-    def accept_verified(self, kept: Sequence[int], nxt: int, proposed: int) -> None:
+    def accept_verified(
+        self, kept: Sequence[int], nxt: int, proposed: int, rows: torch.Tensor | None = None
+    ) -> None:
         """One verify pass of a drafting method: `kept` of `proposed` drafted tokens stay, then
-        `nxt`. Only drafted tokens that come out count as accepted (a stop may end it early)."""
+        `nxt`. Only drafted tokens that come out count as accepted (a stop may end it early).
+        `rows`: the penalised target logits that scored them (see `accept`)."""
         self.stats.passes += 1
         self.stats.draft_tokens += proposed
-        emitted = self.accept([*kept, nxt])
+        emitted = self.accept([*kept, nxt], rows)
         accepted = min(len(kept), emitted)
         self.stats.accepted_tokens += accepted
         if proposed:
@@ -265,26 +273,40 @@ class Request:
             for k in range(accepted):
                 per_pos[k] += 1
 
-    def accept(self, tokens: Sequence[int]) -> int:
-        """Append sampled tokens in order until one finishes the request; returns how many stuck."""
+    def accept(self, tokens: Sequence[int], rows: torch.Tensor | None = None) -> int:
+        """Append sampled tokens in order until one finishes the request; returns how many stuck.
+
+        `rows` [len(tokens), V]: the penalised target logits that scored each token, from which
+        a request that asked for logprobs gets them (every method but multiverse passes them).
+        Before `min_tokens` tokens are out, neither stop ids nor stop strings end it."""
+        if self.logprobs is not None and rows is None:
+            raise InvalidRequestError("this method does not report logprobs")
         taken = 0
         for t in tokens:
             self.output_ids.append(int(t))
             taken += 1
-            self.text += self._detok.push(int(t))
-            if int(t) in self._stop_ids:
+            piece = self._detok.push(int(t))
+            self.text += piece
+            early = len(self.output_ids) < self.params.min_tokens
+            if len(self.output_ids) == self.params.min_tokens and self.params.stop:
+                # stop strings are looked for from here on (vLLM's rule), straddling included
+                longest = max(len(s) for s in self.params.stop)
+                self._stop_from = max(0, len(self.text) - len(piece) - longest + 1)
+            if int(t) in self._stop_ids and not early:
                 self.finish_reason = "stop"
-            elif self.params.stop and self._trim_stop_string():
+            elif self.params.stop and not early and self._trim_stop_string():
                 self.finish_reason = "stop"
             elif len(self.output_ids) >= self._limit:
                 self.finish_reason = "length"
             if self.finished:
                 break
+        if self.logprobs is not None:
+            self.logprobs += token_logprobs(rows[:taken], tokens[:taken], self.params)
         self.stats.generated_tokens = len(self.output_ids)
         return taken
 
     def _trim_stop_string(self) -> bool:
-        hits = [i for i in (self.text.find(s) for s in self.params.stop) if i >= 0]
+        hits = [i for i in (self.text.find(s, self._stop_from) for s in self.params.stop) if i >= 0]
         if hits:
             self.text = self.text[: min(hits)]
         return bool(hits)
@@ -303,6 +325,8 @@ class Request:
         state = self.generator.get_state()
         return (
             len(self.output_ids),
+            None if self.logprobs is None else len(self.logprobs),
+            self._stop_from,
             self.text,
             self.finish_reason,
             stats,
@@ -310,11 +334,16 @@ class Request:
             detok,
             graph,
             state,
+            len(self.paths),
         )
 
     def restore(self, snap: tuple) -> None:
-        outputs, self.text, self.finish_reason, self.stats, self.chunks, detok, graph, state = snap
+        outputs, logprobs, self._stop_from, self.text, self.finish_reason = snap[:5]
+        self.stats, self.chunks, detok, graph, state, paths = snap[5:]
+        del self.paths[paths:]
         del self.output_ids[outputs:]
+        if logprobs is not None:
+            del self.logprobs[logprobs:]
         ids, self._detok.prefix, self._detok.read = detok
         del self._detok.ids[ids:]
         if graph is not None and self.graph is not None:
@@ -341,6 +370,7 @@ class Request:
             token_ids=list(self.output_ids),
             finish_reason=self.finish_reason or "length",
             stats=self.stats,
+            logprobs=None if self.logprobs is None else list(self.logprobs),
         )
 
     def output(self) -> RequestOutput:

@@ -52,9 +52,9 @@ class Autoregressive:
             for proc in req.params.logits_processors:
                 logits[i] = proc(req.output_ids, logits[i])
         logits = penalise(logits, requests)
-        for req, token in zip(requests, sample_next(logits, requests), strict=True):
+        for i, (req, token) in enumerate(zip(requests, sample_next(logits, requests), strict=True)):
             req.stats.passes += 1
-            req.accept([token])
+            req.accept([token], logits[i : i + 1])
 
     def release(self, request: Request) -> None:
         pass

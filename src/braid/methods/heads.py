@@ -132,4 +132,4 @@ class HeadsSpeculative:
             tau, nxt = verdict(self.rule, r, draft, qs, scored.logits[i])
             self.lengths.record(r.id, len(draft), tau)
             self.hidden[r.id] = scored.hidden[i][tau]  # the state that drew nxt drafts next
-            keep(r, draft, tau, nxt, scored.kept_base[i])
+            keep(r, draft, tau, nxt, scored.kept_base[i], scored.logits[i])

@@ -86,12 +86,13 @@ class HeadsTree:
         return trees
 
     def step(self, engine: Engine, requests: list[Request]) -> None:
-        sampled = [r for r in requests if not r.params.greedy]
-        if sampled:
-            self.chain.step(engine, sampled)
-        greedy = [r for r in requests if r.params.greedy]
-        if greedy:
-            self._step_tree(engine, greedy)
+        # sampled requests, and those that cap their draft length, run the heads' chain step
+        tree = [r for r in requests if r.params.greedy and r.params.num_speculative_tokens is None]
+        chained = [r for r in requests if r not in tree]
+        if chained:
+            self.chain.step(engine, chained)
+        if tree:
+            self._step_tree(engine, tree)
 
     def _step_tree(self, engine: Engine, requests: list[Request]) -> None:
         templates = {r.id: self._template(engine, r) for r in requests}
@@ -114,7 +115,8 @@ class HeadsTree:
             k = len(tokens)
             walked, nxt = self._walk(tokens, parents, logits[offset : offset + k + 1])
             self.hidden[r.id] = hidden[offset + (walked[-1] + 1 if walked else 0)]
-            r.accept_verified([tokens[i] for i in walked], nxt, proposed=k)
+            scoring = [offset] + [offset + 1 + i for i in walked]  # rows that scored the path
+            r.accept_verified([tokens[i] for i in walked], nxt, proposed=k, rows=logits[scoring])
             if k:
                 r.graph.keep_path(base[r.id], [base[r.id] + i for i in walked])
                 r.graph.linearize()

@@ -288,7 +288,8 @@ class Mtad:
             k = len(chains[i])
             p = process_logits(scored.logits[i], [r.params] * (k + 1))
             chain, nxt = chain_verdict(drafts[r.id].nodes, chains[i], p, self.tau)
-            self._emit(r, tokens[i][: len(chain)], nxt, proposed=k)
+            rows = scored.logits[i][: len(chain) + 1]
+            self._emit(r, tokens[i][: len(chain)], nxt, proposed=k, rows=rows)
             kept[r.id] = chain
             r.graph.truncate(scored.kept_base[i] + len(chain))
         return kept
@@ -314,19 +315,23 @@ class Mtad:
         kept, offset = {}, 0
         for r in requests:
             ns = drafts[r.id].nodes
-            p = process_logits(logits[offset : offset + len(ns) + 1], [r.params] * (len(ns) + 1))
+            own = logits[offset : offset + len(ns) + 1]
+            p = process_logits(own, [r.params] * (len(ns) + 1))
             offset += len(ns) + 1
             chain, nxt = tree_verdict(ns, p, self.tau)
-            self._emit(r, [ns[i].token for i in chain], nxt, proposed=len(ns))
+            rows = own[[0] + [i + 1 for i in chain]]  # row 1 + i follows node i
+            self._emit(r, [ns[i].token for i in chain], nxt, proposed=len(ns), rows=rows)
             kept[r.id] = chain
             r.graph.keep_path(base[r.id], [base[r.id] + i for i in chain])
             r.graph.linearize()
         return kept
 
     @staticmethod
-    def _emit(r: Request, accepted: list[int], next_dist: torch.Tensor, proposed: int) -> None:
+    def _emit(
+        r: Request, accepted: list[int], next_dist: torch.Tensor, proposed: int, rows: torch.Tensor
+    ) -> None:
         nxt = int(next_dist.argmax()) if r.params.greedy else sample(next_dist, r.generator)
-        r.accept_verified(accepted, nxt, proposed)
+        r.accept_verified(accepted, nxt, proposed, rows)
 
 
 def _seeded(generator: torch.Generator, scores: torch.Tensor, n: int) -> torch.Tensor:

@@ -129,6 +129,11 @@ class Multiverse:
             raise InvalidRequestError(
                 "stop strings are not supported with method 'multiverse'; use stop_token_ids"
             )
+        if params.logprobs is not None or params.min_tokens:
+            raise InvalidRequestError(
+                "logprobs and min_tokens are not supported with method 'multiverse' (its text "
+                "is not one sequence of sampled tokens): leave them unset"
+            )
 
     def _state(self, engine: Engine, req: Request) -> State:
         st = self.states.get(req.id)
@@ -177,7 +182,7 @@ class Multiverse:
             # a branch's history is what it sees: its prompt and its context (not its siblings)
             params = [req.params for req, _, _ in samplers]
             seen = [(req.prompt_ids, b.context) for req, _, b in samplers]
-            logits = apply_penalties(logits, params, seen)
+            logits = apply_penalties(logits, params, seen, [req.stop_ids for req, _, _ in samplers])
         tokens = sample_next(logits, [req for req, _, _ in samplers])
         for (req, st, b), token in zip(samplers, tokens, strict=True):
             if not req.finished:
@@ -352,7 +357,11 @@ class Multiverse:
         return _NEWLINES.sub("\n", _TAG_RE.sub(r"\n\1\n", text))
 
     def _stream_path(self, engine: Engine, req: Request, b: Branch) -> None:
-        req.chunks.append("\n" + self._render(engine, req, flatten(b.items)) + "\n")
+        text = self._render(engine, req, flatten(b.items))
+        req.chunks.append("\n" + text + "\n")
+        blocks = [x for x in b.parent.items if isinstance(x, Block)]
+        block = next(k for k, x in enumerate(blocks) if x is b.block)
+        req.paths.append({"block": block, "label": b.label, "text": text})
 
     def _update_output(self, engine: Engine, req: Request, st: State) -> None:
         req.stats.generated_tokens = st.total

@@ -122,4 +122,4 @@ class PromptLookup:
             qs = [] if r.params.greedy else point_masses(draft, vocab)
             tau, nxt = verdict(self.rule, r, draft, qs, scored.logits[i])
             self.lengths.record(r.id, len(draft), tau)
-            keep(r, draft, tau, nxt, scored.kept_base[i])
+            keep(r, draft, tau, nxt, scored.kept_base[i], scored.logits[i])

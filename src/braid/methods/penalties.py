@@ -29,7 +29,8 @@ def penalise(
         (r.prompt_ids, r.output_ids + list(e)) if r.params.penalised else ((), ())
         for r, e in zip(owners, extra, strict=True)
     ]
-    return apply_penalties(logits, [r.params for r in owners], histories)
+    stops = [r.stop_ids for r in owners]
+    return apply_penalties(logits, [r.params for r in owners], histories, stops)
 
 
 def penalise_chains(

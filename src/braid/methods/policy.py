@@ -177,7 +177,14 @@ class DraftLengths:
         return self.max_gamma if self.adaptive else int(self.gamma)
 
     def plan(self, requests: Sequence[Request], caps: Sequence[int]) -> list[int]:
-        """γ per request of this step, each within its cap."""
+        """γ per request of this step, each within its cap and its own
+        `num_speculative_tokens`."""
+        caps = [
+            c
+            if r.params.num_speculative_tokens is None
+            else min(c, r.params.num_speculative_tokens)
+            for r, c in zip(requests, caps, strict=True)
+        ]
         base = sum(r.num_tokens - r.graph.length for r in requests)  # pending inputs
         pinned = [r.params.seed is not None and not r.params.greedy for r in requests]
         return self.choose([r.id for r in requests], caps, base, pinned)

@@ -99,6 +99,6 @@ class DraftSpeculative:
             draft, k = chains[i], len(chains[i])
             tau, nxt = verdict(self.rule, r, draft, q_rows[r.id], scored.logits[i])
             self.lengths.record(r.id, k, tau)
-            keep(r, draft, tau, nxt, scored.kept_base[i])
+            keep(r, draft, tau, nxt, scored.kept_base[i], scored.logits[i])
             if k:  # the draft cache holds y_1..y_{k-1} after its catch-up
                 graphs[r.id].truncate(caught_up[r.id] + min(tau, k - 1))

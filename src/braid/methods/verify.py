@@ -80,8 +80,11 @@ def verdict(
     return tau, sample(plan.residuals[tau], r.generator)
 
 
-def keep(r: Request, draft: Sequence[int], tau: int, nxt: int, kept_base: int) -> None:
-    """Emit τ drafted tokens and `nxt`; the cache keeps the pending input and the kept draft
-    (`nxt` is the next step's pending token)."""
-    r.accept_verified(list(draft[:tau]), nxt, proposed=len(draft))
+def keep(
+    r: Request, draft: Sequence[int], tau: int, nxt: int, kept_base: int, logits: torch.Tensor
+) -> None:
+    """Emit τ drafted tokens and `nxt` (`logits`: the request's verify rows, row j scoring
+    the token after draft[:j]); the cache keeps the pending input and the kept draft (`nxt` is
+    the next step's pending token)."""
+    r.accept_verified(list(draft[:tau]), nxt, proposed=len(draft), rows=logits[: tau + 1])
     r.graph.truncate(kept_base + tau)
