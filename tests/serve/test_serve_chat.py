@@ -65,6 +65,29 @@ def test_chat_streamed_equals_full_equals_offline_chat(smol_server, smol):
         assert usage.completion_tokens == len(ref.token_ids)
 
 
+def test_chat_logprobs_have_openais_shape(smol_server, smol):
+    messages = [{"role": "user", "content": "Name a colour."}]
+    client = smol_server.client()
+    model = client.models.list().data[0].id
+    kw = dict(model=model, messages=messages, max_tokens=8, temperature=0)
+    response = client.chat.completions.create(logprobs=True, top_logprobs=3, **kw)
+    out = response.choices[0]
+    content = out.logprobs.content
+    assert len(content) == response.usage.completion_tokens
+    ref = smol.chat(messages, SamplingParams(max_tokens=8, temperature=0, logprobs=3))[0]
+    assert [c.logprob for c in content] == pytest.approx(
+        [lp.logprob for lp in ref.outputs[0].logprobs], abs=1e-3
+    )
+    for c in content:  # greedy: the chosen token is the most likely one
+        assert len(c.top_logprobs) == 3 and c.top_logprobs[0].token == c.token
+        assert c.top_logprobs[0].logprob == pytest.approx(c.logprob)
+        assert bytes(c.bytes) == c.token.encode()
+    words = "".join(c.token for c in content if c.token != "<|im_end|>")
+    assert words == out.message.content
+    plain = client.chat.completions.create(**kw).choices[0]
+    assert plain.logprobs is None and plain.message.content == out.message.content
+
+
 def test_braid_curate_runs_against_braid_serve(smol_server, tmp_path):
     """The protocol, the bounded retries and the rejects file, on real answers of a model too
     small to pass the content checks (whichever file the record lands in, it lands once)."""

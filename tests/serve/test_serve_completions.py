@@ -158,18 +158,26 @@ def test_multiverse_over_http_matches_offline_and_reports_its_tree(tmp_path):
 
     prompt = make_task(1).prompt
     server = start_server(["--method", "multiverse", "--dtype", "fp32"], tmp_path / "mv.log")
+    kw = dict(model="multiverse-arith", prompt=prompt, max_tokens=200, temperature=0)
     try:
-        out = server.client().completions.create(
-            model="multiverse-arith", prompt=prompt, max_tokens=70, temperature=0
-        )
+        out = server.client().completions.create(**kw)
+        chunks = list(server.client().completions.create(stream=True, **kw))
     finally:
         stop_server(server)
     llm = LLM(bundled_model("multiverse-arith"), dtype="fp32")
-    params = SamplingParams(max_tokens=70, temperature=0)
+    params = SamplingParams(max_tokens=200, temperature=0)
     ref = llm.generate([prompt], params, method="multiverse")[0]
     assert out.choices[0].text == ref.text and "<Parallel>" in ref.text
     braid = out.model_extra["braid"]
     assert braid["critical_path"] == ref.stats.critical_path
     assert braid["paths"] == ref.stats.paths >= 1
-    (tree,) = braid["trees"]
-    assert "blocks" in tree or "error" in tree
+    (tree,) = braid["trees"]  # a block of three paths, the third holding one of two
+    assert [b["paths"] for b in tree["blocks"]] == [["1", "2", "3"], ["3.1", "3.2"]]
+    # the stream tags each top-level path as it ends
+    ended = [p for c in chunks for p in (c.model_extra.get("braid") or {}).get("ended_paths", [])]
+    assert sorted(p["label"] for p in ended) == ["1", "2", "3"]
+    assert {p["block"] for p in ended} == {0}
+    streamed = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert streamed.split() == ref.text.split()
+    for p in ended:
+        assert p["text"].startswith("<Path>") and p["text"] in streamed

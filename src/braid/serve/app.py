@@ -17,15 +17,23 @@ from starlette.exceptions import HTTPException
 from braid import __version__
 from braid.errors import BraidError, InvalidRequestError
 from braid.serve import protocol as P
+from braid.serve.loop import Unavailable
 from braid.serve.serving import Serving, error_of, status_of
 
 OPEN_ROUTES = ("/health", "/version")
 
 
-def build_app(serving: Serving, api_key: str | None = None) -> FastAPI:
+def build_app(serving: Serving | None, api_key: str | None = None) -> FastAPI:
+    """The app; `serving` may come later (`app.state.serving`): until then every route but
+    /health and /version answers 503, and /health says "loading"."""
     app = FastAPI(title="braid", version=__version__)
     app.state.serving = serving
-    app.state.ready = True
+    app.state.draining = False
+
+    def current() -> Serving:
+        if app.state.serving is None:
+            raise Unavailable("the model is still loading: retry when GET /health says ok")
+        return app.state.serving
 
     @app.middleware("http")
     async def authorize(request: Request, call_next):
@@ -74,31 +82,35 @@ def build_app(serving: Serving, api_key: str | None = None) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(body: P.CompletionRequest, request: Request):
-        return reply(await serving.completion(body, disconnected(request)))
+        return reply(await current().completion(body, disconnected(request)))
 
     @app.post("/v1/chat/completions")
     async def chat(body: P.ChatCompletionRequest, request: Request):
-        return reply(await serving.chat(body, disconnected(request)))
+        return reply(await current().chat(body, disconnected(request)))
 
     @app.get("/v1/models")
     async def models():
+        serving = current()
         card = P.ModelCard(id=serving.model_name, max_model_len=serving.max_context)
         return {"object": "list", "data": [card.model_dump()]}
 
     @app.get("/health")
     async def health():
-        loop = serving.loop
-        if not app.state.ready or loop.draining:
-            state = "draining" if loop.draining else "loading"
-            return JSONResponse({"status": state}, status_code=503)
+        serving = app.state.serving
+        if app.state.draining or (serving is not None and serving.loop.draining):
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if serving is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/metrics")
     async def metrics():
-        return Response(serving.loop.metrics.render(), media_type="text/plain; version=0.0.4")
+        text = current().loop.metrics.render()
+        return Response(text, media_type="text/plain; version=0.0.4")
 
     @app.post("/tokenize")
     async def tokenize(body: P.TokenizeRequest):
+        serving = current()
         serving.check_model(body.model)
         if body.messages is not None:
             ids = serving.chat_ids(body.messages)
@@ -108,6 +120,7 @@ def build_app(serving: Serving, api_key: str | None = None) -> FastAPI:
 
     @app.post("/detokenize")
     async def detokenize(body: P.DetokenizeRequest):
+        serving = current()
         serving.check_model(body.model)
         vocab = serving.llm.model.config.vocab_size
         if any(not 0 <= t < vocab for t in body.tokens):

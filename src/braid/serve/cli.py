@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 
 from braid.errors import BraidError, InvalidRequestError
 
@@ -82,14 +83,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.max_tokens is not None and args.max_tokens < 1:
         raise InvalidRequestError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     config = _method_config(args)
-    llm = _load(args, config.name)
-    draft = llm.draft_model() if config.name in DRAFT_METHODS else None
-    heads = llm.heads() if config.name in HEADS_METHODS else None
-    engine = Engine(llm.model, llm.tokenizer, make_method(config, draft, heads), args.max_batch)
-    name = args.served_model_name or llm.name
-    metrics = Metrics(name)
-    loop = EngineLoop(engine, metrics, max_waiting=args.max_waiting)
-    app = build_app(Serving(llm, loop, name, config, args.max_tokens), api_key=args.api_key)
+    app = build_app(None, api_key=args.api_key)
     server = _draining_server(
         uvicorn,
         uvicorn.Config(
@@ -99,25 +93,51 @@ def serve(args: argparse.Namespace) -> int:
             log_level="warning",
             timeout_graceful_shutdown=args.grace,
         ),
-        loop,
+        app,
     )
-    loop.start()
-    url = f"http://{args.host}:{args.port}/v1"
-    print(f"braid: serving {name} ({config.name}) on {url}", file=sys.stderr, flush=True)
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        """The model loads while the server already answers /health with 503 "loading"."""
+        try:
+            llm = _load(args, config.name)
+            draft = llm.draft_model() if config.name in DRAFT_METHODS else None
+            heads = llm.heads() if config.name in HEADS_METHODS else None
+            method = make_method(config, draft, heads)
+            engine = Engine(llm.model, llm.tokenizer, method, args.max_batch)
+            name = args.served_model_name or llm.name
+            loop = EngineLoop(engine, Metrics(name), max_waiting=args.max_waiting)
+            loop.start()
+            app.state.serving = Serving(llm, loop, name, config, args.max_tokens)
+        except BaseException as err:  # the server stops and serve() raises it
+            failure.append(err)
+            server.should_exit = True
+            return
+        url = f"http://{args.host}:{args.port}/v1"
+        print(f"braid: serving {name} ({config.name}) on {url}", file=sys.stderr, flush=True)
+
+    loader = threading.Thread(target=load, name="braid-load", daemon=True)
+    loader.start()
     try:
         server.run()
     finally:
-        loop.stop()
+        loader.join()
+        if app.state.serving is not None:
+            app.state.serving.loop.stop()
+    if failure:
+        raise failure[0]
     return 0
 
 
-def _draining_server(uvicorn, config, loop):
-    """uvicorn's server, marking the loop draining (503 for new requests and /health) as soon
+def _draining_server(uvicorn, config, app):
+    """uvicorn's server, marking the app draining (503 for new requests and /health) as soon
     as a shutdown signal arrives; uvicorn then waits for in-flight requests up to --grace."""
 
     class DrainingServer(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
-            loop.draining = True
+            app.state.draining = True
+            if app.state.serving is not None:
+                app.state.serving.loop.draining = True
             super().handle_exit(sig, frame)
 
     return DrainingServer(config)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from braid.engine.engine import Engine
 from braid.engine.request import Request, RequestOutput
 from braid.errors import BraidError
-from braid.sampling import SamplingParams
+from braid.sampling import SamplingParams, TokenLogprob
 from braid.serve.metrics import Metrics
 
 log = logging.getLogger("braid.serve")
@@ -51,6 +51,8 @@ class Piece:
     text: str
     token_ids: list[int]
     finish_reason: str | None
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when the request asked
+    paths: list[dict] = field(default_factory=list)  # multiverse: top-level paths that ended
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Stream:
     arrived: float = field(default_factory=time.perf_counter)
     last_token: float | None = None
     sent: dict[int, int] = field(default_factory=dict)  # sample index -> token ids sent
+    paths_sent: dict[int, int] = field(default_factory=dict)  # sample index -> paths sent
     counted: dict[int, tuple] = field(default_factory=dict)  # sample index -> counters so far
 
     def put(self, event) -> None:
@@ -185,9 +188,14 @@ class EngineLoop:
             seen[id(stream)] = stream
             if sample.error is None:
                 text = sample.take_delta()
-                if text or ids or sample.finished:
+                paths = sample.paths[stream.paths_sent.get(sample.index, 0) :]
+                stream.paths_sent[sample.index] = len(sample.paths)
+                if text or ids or paths or sample.finished:
+                    lps = (
+                        None if sample.logprobs is None else sample.logprobs[sent : sent + len(ids)]
+                    )
                     reason = sample.finish_reason
-                    stream.put(Piece(stream.tag, sample.index, text, ids, reason))
+                    stream.put(Piece(stream.tag, sample.index, text, ids, reason, lps, paths))
         for stream in seen.values():
             samples = stream.request.samples
             self._count(stream, samples)

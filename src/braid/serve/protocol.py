@@ -1,9 +1,10 @@
 """Request and response bodies of the OpenAI-compatible routes (pydantic models only).
 
 Field names and meanings are OpenAI's, plus vLLM's extras (top_k, min_p, stop_token_ids,
-ignore_eos, repetition_penalty). Unknown fields are accepted and ignored, as vLLM does. A
-request turns itself into braid's `SamplingParams` with `to_sampling_params`; every value is
-checked there (and by `SamplingParams`), so bad input is a 400 that names the field.
+ignore_eos, min_tokens, repetition_penalty) and braid's `speculation`. Unknown fields are
+accepted and ignored, as vLLM does. A request turns itself into braid's `SamplingParams` with
+`to_sampling_params`; every value is checked there (and by `SamplingParams`), so bad input is
+a 400 that names the field.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pydantic import (
 )
 
 from braid.errors import InvalidRequestError
-from braid.sampling import SamplingParams
+from braid.sampling import MAX_LOGPROBS, SamplingParams
 
 Number = StrictFloat | StrictInt
 
@@ -34,6 +35,15 @@ class Lenient(BaseModel):
 
 class StreamOptions(Lenient):
     include_usage: StrictBool = False
+
+
+class Speculation(Lenient):
+    """braid's per-request draft control (`extra_body={"speculation": {...}}`): `enabled`
+    false turns drafting off for the request; `num_speculative_tokens` caps its draft length
+    per step (clamped to the server's own limit; the response says what applied)."""
+
+    enabled: StrictBool = True
+    num_speculative_tokens: StrictInt | None = Field(default=None, ge=0)
 
 
 class SamplingFields(Lenient):
@@ -56,24 +66,11 @@ class SamplingFields(Lenient):
     presence_penalty: Number = 0.0
     frequency_penalty: Number = 0.0
     repetition_penalty: Number | None = None
-    logprobs: Any = None
-    top_logprobs: StrictInt | None = None
     user: str | None = None
-    speculation: Any = None  # per-request draft control: not yet, refused rather than ignored
+    speculation: Speculation | None = None
 
     @model_validator(mode="after")
     def _supported(self) -> SamplingFields:
-        if self.logprobs not in (None, False, 0):
-            raise ValueError("logprobs are not supported by braid serve yet: leave them unset")
-        if self.top_logprobs:
-            raise ValueError("top_logprobs are not supported by braid serve yet")
-        if self.speculation is not None:
-            raise ValueError(
-                "speculation: per-request draft control is not supported yet; the server's "
-                "--method and --gamma apply to every request"
-            )
-        if self.min_tokens:
-            raise ValueError("min_tokens is not supported by braid serve yet: leave it at 0")
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed with stream: true")
         return self
@@ -82,7 +79,11 @@ class SamplingFields(Lenient):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def to_sampling_params(self) -> SamplingParams:
+    def logprob_count(self) -> int | None:
+        """Alternatives per token the request asks for (None: no logprobs)."""
+        return None
+
+    def to_sampling_params(self, num_speculative_tokens: int | None = None) -> SamplingParams:
         """braid's params; None keeps a field open to the model's generation defaults."""
         top_k = self.top_k
         if top_k == -1:  # vLLM's (and OpenAI clients') "disabled"
@@ -97,10 +98,13 @@ class SamplingFields(Lenient):
             stop=[self.stop] if isinstance(self.stop, str) else list(self.stop or ()),
             stop_token_ids=list(self.stop_token_ids or ()),
             ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
             presence_penalty=float(self.presence_penalty),
             frequency_penalty=float(self.frequency_penalty),
             repetition_penalty=_number(self.repetition_penalty),
             n=self.n,
+            logprobs=self.logprob_count(),
+            num_speculative_tokens=num_speculative_tokens,
         )
         return SamplingParams(**kw)
 
@@ -114,6 +118,7 @@ class CompletionRequest(SamplingFields):
     echo: StrictBool = False
     suffix: str | None = None
     best_of: StrictInt | None = None
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
     @model_validator(mode="after")
     def _prompt(self) -> CompletionRequest:
@@ -121,7 +126,12 @@ class CompletionRequest(SamplingFields):
             raise ValueError("suffix is not supported: give the whole prompt")
         if self.best_of not in (None, self.n):
             raise ValueError("best_of is not supported: use n")
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo with logprobs is not supported (prompt logprobs): drop one")
         return self
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
     def prompts(self) -> list[str | list[int]]:
         """One entry per prompt: a text or a list of token ids."""
@@ -154,6 +164,8 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage]
     max_completion_tokens: StrictInt | None = None
     add_generation_prompt: StrictBool = True
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
 
     @model_validator(mode="after")
     def _messages(self) -> ChatCompletionRequest:
@@ -161,7 +173,12 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("messages is empty: give at least one message")
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         return self
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class TokenizeRequest(Lenient):
@@ -218,7 +235,7 @@ def now() -> int:
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: dict | None = None
     finish_reason: Literal["stop", "length", "abort"] | None = None
 
 
@@ -230,7 +247,7 @@ class ChatChoiceMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int
     message: ChatChoiceMessage
-    logprobs: None = None
+    logprobs: dict | None = None
     finish_reason: Literal["stop", "length", "abort"] | None = None
 
 
@@ -242,7 +259,7 @@ class Delta(BaseModel):
 class ChatStreamChoice(BaseModel):
     index: int
     delta: Delta
-    logprobs: None = None
+    logprobs: dict | None = None
     finish_reason: Literal["stop", "length", "abort"] | None = None
 
 

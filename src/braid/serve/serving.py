@@ -16,6 +16,7 @@ from braid.engine.request import RequestOutput, RequestStats
 from braid.errors import BraidError, InvalidRequestError
 from braid.llm import LLM
 from braid.methods.config import MethodConfig
+from braid.sampling import TokenLogprob
 from braid.serve import protocol as P
 from braid.serve.loop import Accepted, Done, EngineLoop, Failed, Piece, Stream
 
@@ -68,8 +69,29 @@ class Serving:
             raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
         return list(prompt)
 
+    @property
+    def draft_limit(self) -> int:
+        """The longest draft a step of this server's method makes (0: it never drafts)."""
+        method = self.loop.engine.method
+        lengths = getattr(method, "lengths", None) or getattr(
+            getattr(method, "chain", None), "lengths", None
+        )
+        return 0 if lengths is None else lengths.longest
+
+    def speculation(self, body: P.SamplingFields) -> tuple[int | None, dict]:
+        """The request's draft cap (None: the method's own) and what the response echoes."""
+        asked, limit = body.speculation, self.draft_limit
+        if asked is None:
+            return None, {"enabled": limit > 0, "num_speculative_tokens": limit}
+        cap = 0 if not asked.enabled else min(limit, asked.num_speculative_tokens or limit)
+        applied = {"enabled": cap > 0, "num_speculative_tokens": cap}
+        if asked.num_speculative_tokens is not None:
+            applied["requested"] = asked.num_speculative_tokens
+        return cap, applied
+
     def _params(self, body: P.SamplingFields):
-        params = body.to_sampling_params().with_defaults(self.llm.generation_defaults)
+        cap, _ = self.speculation(body)
+        params = body.to_sampling_params(cap).with_defaults(self.llm.generation_defaults)
         if "max_tokens" in params.unset and self.default_max_tokens is not None:
             unset = params.unset  # still unset: the context may cut it without a warning
             params = replace(params, max_tokens=self.default_max_tokens)
@@ -100,6 +122,7 @@ class Serving:
             P.CompletionChoice(
                 index=i * params.n + o.index,
                 text=(texts[i] if texts else "") + o.text,
+                logprobs=self._completion_logprobs(o.logprobs),
                 finish_reason=o.finish_reason,
             ).model_dump()
             for i, out in enumerate(outputs)
@@ -112,7 +135,7 @@ class Serving:
             "model": self.model_name,
             "choices": choices,
             "usage": usage(outputs),
-            **self.stats(outputs),
+            **self.stats(outputs, body),
         }
 
     def _completion_stream(self, run, body, rid, created, texts) -> AsyncIterator[str]:
@@ -122,8 +145,17 @@ class Serving:
             obj = {"id": rid, "object": "text_completion", "created": created}
             return sse({**obj, "model": self.model_name, "choices": choices, **extra})
 
-        def choice(tag: int, index: int, text: str, reason=None) -> dict:
-            c = P.CompletionChoice(index=tag * n + index, text=text, finish_reason=reason)
+        offsets: dict[tuple[int, int], int] = {}  # text_offset of each choice's next token
+
+        def choice(tag: int, index: int, text: str, reason=None, logprobs=None) -> dict:
+            lp = None
+            if logprobs is not None:
+                start = offsets.get((tag, index), 0)
+                lp = self._completion_logprobs(logprobs, start)
+                offsets[tag, index] = start + sum(map(len, lp["tokens"]))
+            c = P.CompletionChoice(
+                index=tag * n + index, text=text, logprobs=lp, finish_reason=reason
+            )
             return c.model_dump()
 
         opening = []
@@ -131,7 +163,8 @@ class Serving:
             opening = [chunk([choice(t, j, texts[t]) for t in range(len(texts)) for j in range(n)])]
 
         def piece(event: Piece) -> str:
-            return chunk([choice(event.tag, event.index, event.text, event.finish_reason)])
+            c = choice(event.tag, event.index, event.text, event.finish_reason, event.logprobs)
+            return chunk([c], **paths_field(event))
 
         return self._sse(run, body, opening, piece, chunk)
 
@@ -150,6 +183,7 @@ class Serving:
             P.ChatChoice(
                 index=o.index,
                 message=P.ChatChoiceMessage(content=o.text),
+                logprobs=self._chat_logprobs(o.logprobs),
                 finish_reason=o.finish_reason,
             ).model_dump()
             for o in outputs[0].outputs
@@ -161,7 +195,7 @@ class Serving:
             "model": self.model_name,
             "choices": choices,
             "usage": usage(outputs),
-            **self.stats(outputs),
+            **self.stats(outputs, body),
         }
 
     def _chat_stream(self, run, body, rid, created) -> AsyncIterator[str]:
@@ -169,13 +203,15 @@ class Serving:
             obj = {"id": rid, "object": "chat.completion.chunk", "created": created}
             return sse({**obj, "model": self.model_name, "choices": choices, **extra})
 
-        def choice(index: int, delta: P.Delta, reason=None) -> dict:
+        def choice(index: int, delta: P.Delta, reason=None, logprobs=None) -> dict:
             c = P.ChatStreamChoice(index=index, delta=delta, finish_reason=reason)
-            return c.model_dump(exclude_none=True) | {"logprobs": None, "finish_reason": reason}
+            lp = self._chat_logprobs(logprobs)
+            return c.model_dump(exclude_none=True) | {"logprobs": lp, "finish_reason": reason}
 
         def piece(event: Piece) -> str:
             delta = P.Delta(content=event.text) if event.text else P.Delta()
-            return chunk([choice(event.index, delta, event.finish_reason)])
+            c = choice(event.index, delta, event.finish_reason, event.logprobs)
+            return chunk([c], **paths_field(event))
 
         n = run.streams[0].params.n
         opening = [chunk([choice(j, P.Delta(role="assistant", content="")) for j in range(n)])]
@@ -209,7 +245,7 @@ class Serving:
     def _final(self, run: Run, body: P.SamplingFields) -> dict:
         """The last chunk: braid's stats, and usage when the client asked for it."""
         outputs = run.outputs()
-        out = self.stats(outputs)
+        out = self.stats(outputs, body)
         if body.include_usage:
             out["usage"] = usage(outputs)
         return out
@@ -228,13 +264,14 @@ class Serving:
         await run.accepted()
         return run
 
-    def stats(self, outputs: list[RequestOutput]) -> dict:
+    def stats(self, outputs: list[RequestOutput], body: P.SamplingFields) -> dict:
         """braid's per-response telemetry, and llama.cpp's `timings` draft counters."""
         samples = [o.stats for out in outputs for o in out.outputs]
         total = sum_stats(samples)
         braid = {
             "method": self.method.name,
             **({"gamma": self.method.gamma} if self.method.name != "ar" else {}),
+            "speculation": self.speculation(body)[1],
             "drafts": total.drafts,
             "drafted": total.draft_tokens,
             "accepted": total.accepted_tokens,
@@ -258,6 +295,51 @@ class Serving:
             "draft_n_accepted": total.accepted_tokens,
         }
         return {"braid": braid, "timings": timings}
+
+    def _token(self, token_id: int) -> str:
+        return self.llm.tokenizer.decode([token_id], special=True)
+
+    def _completion_logprobs(self, lps: list[TokenLogprob] | None, offset: int = 0):
+        """OpenAI's completions shape: tokens, token_logprobs, top_logprobs, text_offset."""
+        if lps is None:
+            return None
+        tokens = [self._token(lp.token_id) for lp in lps]
+        offsets = []
+        for t in tokens:
+            offsets.append(offset)
+            offset += len(t)
+        return {
+            "tokens": tokens,
+            "token_logprobs": [finite(lp.logprob) for lp in lps],
+            "top_logprobs": [{self._token(i): finite(v) for i, v in lp.top} for lp in lps],
+            "text_offset": offsets,
+        }
+
+    def _chat_logprobs(self, lps: list[TokenLogprob] | None):
+        """OpenAI's chat shape: content = [{token, logprob, bytes, top_logprobs}]."""
+        if lps is None:
+            return None
+
+        def entry(token_id: int, value: float) -> dict:
+            token = self._token(token_id)
+            return {"token": token, "logprob": finite(value), "bytes": list(token.encode())}
+
+        return {
+            "content": [
+                entry(lp.token_id, lp.logprob) | {"top_logprobs": [entry(i, v) for i, v in lp.top]}
+                for lp in lps
+            ]
+        }
+
+
+def finite(logprob: float) -> float:
+    """JSON has no -inf: a token without mass reads -9999.0, as in vLLM and OpenAI."""
+    return max(logprob, -9999.0)
+
+
+def paths_field(event: Piece) -> dict:
+    """Multiverse: the top-level paths that ended in this step, with their labels."""
+    return {"braid": {"ended_paths": event.paths}} if event.paths else {}
 
 
 class Run:
