@@ -1,5 +1,5 @@
-"""`braid` command line: generate, chat, info, convert, models, bench, train-lm, train-heads,
-make-tasks, curate, train-multiverse.
+"""`braid` command line: generate, chat, info, convert, models, bench, train-lm, distill-data,
+train-draft, train-heads, make-tasks, curate, train-multiverse.
 
 Errors a user can fix (bad arguments, missing model, bad prompt) exit 2 with one line on stderr.
 """
@@ -458,10 +458,14 @@ def build_parser() -> argparse.ArgumentParser:
     from braid.multiverse.data_cli import add_parsers as add_multiverse_data
     from braid.multiverse.train import add_parser as add_train_multiverse
     from braid.serve.cli import add_parser as add_serve
+    from braid.training.distill import add_parser as add_distill_data
+    from braid.training.train_draft import add_parser as add_train_draft
     from braid.training.train_lm import add_parser as add_train_lm
 
     add_bench(sub)
     add_train_lm(sub)
+    add_distill_data(sub)
+    add_train_draft(sub)
     add_train_heads(sub)
     add_multiverse_data(sub)
     add_train_multiverse(sub)

@@ -17,8 +17,15 @@ from braid.engine.request import RequestOutput
 from braid.errors import BraidError, InvalidRequestError, ModelLoadError
 from braid.methods import DRAFT_METHODS, HEADS_METHODS, make_method
 from braid.methods.config import OPTIONS, MethodConfig, method_config
+from braid.methods.draft import (
+    SHIPPED_DRAFT,
+    load_shared_draft,
+    shared_embeddings_spec,
+    vocabulary_fingerprint,
+)
 from braid.model.loader import load_model, read_generation_config
 from braid.model.registry import (
+    ASSETS,
     BUNDLED_HEADS,
     CODE_DRAFT,
     DEFAULT,
@@ -46,7 +53,8 @@ class LLM:
     max_batch: how many requests run at once (continuous batching admits the rest as they leave).
     draft: the draft model for `spec` / `block` / `mtad` / `mtad-tree`, loaded on first use; it
     must share the target's tokenizer on every id both have. Default: the bundled draft for the
-    bundled code model; other models need one named.
+    bundled code model, the shipped `smollm2-draft` for SmolLM2-135M-Instruct (and any model
+    with its tokenizer and hidden size); other models need one named.
     heads: CP heads directory for `heads` / `heads-block` / `heads-tree` (`braid
     train-heads`); default: the bundled heads for the bundled code model. Loaded and checked
     here.
@@ -92,16 +100,36 @@ class LLM:
     def draft_model(self) -> Transformer:
         if self._draft is None:
             path = self._draft_path
-            if path is None and not self._code_model:
-                raise ModelLoadError(
-                    f"no draft model ships for {self.name} yet: pass one (--draft DIR, "
-                    "LLM(..., draft=DIR)) that shares its tokenizer"
-                )
-            path = path if path is not None else bundled_model(CODE_DRAFT)
+            if path is None:
+                path = self._default_draft()
+            path = find_model(path)
+            if shared_embeddings_spec(path) is not None:  # borrows this model's embeddings
+                vocab = self.tokenizer.id_to_token()
+                self._draft = load_shared_draft(path, self.model, vocab, self.dtype)
+                return self._draft
             draft, draft_dir = load_model(path, self.dtype)
             check_shared_vocabulary(self.tokenizer, Tokenizer(draft_dir), draft_dir)
             self._draft = draft
         return self._draft
+
+    def _default_draft(self) -> Path:
+        """The bundled code model's draft, or the shipped draft of the default model when it
+        fits this one (same hidden size, vocabulary and tokenizer)."""
+        if self._code_model:
+            return bundled_model(CODE_DRAFT)
+        shipped = ASSETS / SHIPPED_DRAFT
+        spec = shared_embeddings_spec(shipped)
+        c = self.model.config
+        if spec is not None and (spec["hidden_size"], spec["vocab_size"]) == (
+            c.hidden_size,
+            c.vocab_size,
+        ):
+            if spec["vocabulary_sha256"] == vocabulary_fingerprint(self.tokenizer.id_to_token()):
+                return shipped
+        raise ModelLoadError(
+            f"no draft model ships for {self.name} yet: pass one (--draft DIR, "
+            "LLM(..., draft=DIR)) that shares its tokenizer"
+        )
 
     def heads(self):
         """The CP heads of the heads methods: given, or the bundled code model's."""

@@ -33,6 +33,9 @@ DTYPES = {
 }
 
 
+# config.json key of a checkpoint without its embeddings (a draft that borrows its target's)
+SHARED_EMBEDDINGS_KEY = "braid_shared_embeddings"
+
 # --weights: how the matrices are stored while the model runs
 WEIGHTS = ("auto", "bf16", "fp32", "int8", "int4")
 
@@ -297,9 +300,15 @@ def read_generation_config(model_dir: Path) -> dict:
 
 
 def load_model(
-    path: str | Path, dtype: str | torch.dtype | None = None, weights: str | None = None
+    path: str | Path,
+    dtype: str | torch.dtype | None = None,
+    weights: str | None = None,
+    shared: dict[str, torch.Tensor | QuantWeight] | None = None,
 ) -> tuple[Transformer, Path]:
-    """The model at `path` and its directory; `weights` as `resolve_weights` reads it."""
+    """The model at `path` and its directory; `weights` as `resolve_weights` reads it.
+
+    shared: tensors the checkpoint does not store, by Hugging Face name, taken as they are (a
+    draft's borrowed embeddings, `methods/draft.py`); a stored tensor of the same name wins."""
     p = Path(path).expanduser()
     gguf = gguf_file(p) if p.exists() else None
     compute, quant = resolve_weights(weights, dtype, gguf is not None)
@@ -315,4 +324,11 @@ def load_model(
         state = cached_gguf_weights(gguf, model_dir, quant)
     else:
         state = load_state_dict(model_dir)
+    if shared:
+        state = dict(shared) | state
+    elif SHARED_EMBEDDINGS_KEY in config.raw:
+        raise ModelLoadError(
+            f"{model_dir}: a draft that borrows its target's embeddings; load it as a draft "
+            "(LLM(target, draft=DIR), --draft DIR), not as a model"
+        )
     return build_transformer(config, state, compute, quant), model_dir
