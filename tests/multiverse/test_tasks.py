@@ -15,12 +15,14 @@ from braid.errors import InvalidRequestError
 from braid.multiverse import grammar
 from braid.multiverse.tags import PARALLEL_SENTENCE, add_tags_to_tokenizer
 from braid.multiverse.tasks import (
+    LONG_PATHS,
     ConversionError,
     Knobs,
     check_answer,
     extract_answer,
     make_task,
     make_tasks,
+    parallel_ceiling,
     to_multiverse,
 )
 
@@ -148,6 +150,50 @@ def test_seeding_is_deterministic_and_prefix_stable():
     assert a[3]["meta"]["seed"] == "7:3" and make_task("7:3").as_dict() == a[3]
 
 
+def test_long_paths_answers_and_every_step_recomputed_independently():
+    """Chains: each line one step on the previous value, the last one the prompt's value."""
+    for task in make_tasks(60, seed=13, knobs=LONG_PATHS):
+        env, answer, _ = prompt_env(task.prompt)
+        assert task.answer == answer and check_answer(task.multiverse, answer)
+        last: dict = {}
+        for line in task.sequential.strip().splitlines()[:-1]:
+            name, *parts = line.split(" = ")
+            if not re.fullmatch(r"[A-Z]\w*", name):  # the final combination, no name
+                parts = [name, *parts]
+            known = {**env, **last}
+            unknown = set(re.findall(r"\b[A-Z]\w*\b", " = ".join(parts))) - set(known)
+            if unknown:  # a split's opening line names parts solved below it
+                assert all(u.startswith(name) for u in unknown), line
+                continue
+            values = [evaluate(p, known) for p in parts]
+            assert len(set(values)) == 1 and values[0] >= 0, line
+            if re.fullmatch(r"[A-Z]\w*", name):
+                last[name] = values[0]
+        assert {k: v for k, v in last.items() if k in env} == env
+
+
+def test_long_paths_are_multi_step_with_short_outlines():
+    tok = Tokenizer.from_file(str(TARGET))
+    tags = add_tags_to_tokenizer(tok)
+    ceilings, original = [], []
+    for task in make_tasks(60, seed=14, knobs=LONG_PATHS):
+        doc = grammar.parse(task.multiverse)
+        seq = [ln for ln in grammar.to_sequential(doc).splitlines() if ln.strip()]
+        assert seq == task.sequential.strip().splitlines()
+        top = doc.blocks()[0]
+        assert len(top.paths) == len(task.prompt.splitlines()) - 1
+        for outline, path in zip(top.outlines, top.paths, strict=True):
+            lines = path_lines(path.items)
+            assert len(lines) >= LONG_PATHS.min_steps, lines  # a multi-step path...
+            assert len(outline.text) <= 24, outline.text  # ...behind a short outline
+        for block in doc.blocks():
+            assert_paths_independent(block)
+        ceilings.append(parallel_ceiling(tok.encode(task.multiverse).ids, tags))
+    for task in make_tasks(60, seed=14):
+        original.append(parallel_ceiling(tok.encode(task.multiverse).ids, tags))
+    assert statistics.median(ceilings) >= 1.8 > 1.4 > statistics.median(original)
+
+
 def test_default_examples_fit_the_small_model_context():
     tok = Tokenizer.from_file(str(TARGET))
     add_tags_to_tokenizer(tok)  # each tag is one token, as in training
@@ -250,6 +296,9 @@ def test_answer_extraction():
         Knobs(ops="/"),
         Knobs(combines=("avg",)),
         Knobs(min_nested=1),
+        Knobs(min_steps=0),
+        Knobs(min_steps=4, max_steps=3),
+        Knobs(max_value=10),
     ],
 )
 def test_bad_knobs_are_refused_with_the_reason(bad):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -16,10 +17,31 @@ def add_parsers(subparsers: Any) -> None:
     _add_curate(subparsers)
 
 
+KNOB_FLAGS = {  # flag -> help; each defaults to the chosen --family's value
+    "min_parts": "fewest sub-problems",
+    "max_parts": "most sub-problems",
+    "nest_rate": "chance a part splits",
+    "max_depth": "levels of blocks (1 = no nesting)",
+    "max_splits": "split parts per problem",
+    "min_nested": "fewest parts of a split",
+    "max_nested": "most parts of a split",
+    "max_operand": "operands of + and -",
+    "max_factor": "operands of *",
+    "min_steps": "fewest dependent steps per part",
+    "max_steps": "most dependent steps per part (1: one operation)",
+    "max_value": "bound of a chain's values",
+}
+
+
+def _families() -> dict:
+    from braid.multiverse.tasks import LONG_PATHS, Knobs
+
+    return {"short": Knobs(), "long": LONG_PATHS}
+
+
 def _add_make_tasks(sub: Any) -> None:
     from braid.multiverse.tasks import COMBINES, Knobs
 
-    d = Knobs()
     p = sub.add_parser(
         "make-tasks",
         help="write parallelisable arithmetic problems with sequential and Multiverse solutions",
@@ -30,40 +52,31 @@ def _add_make_tasks(sub: Any) -> None:
     p.add_argument("--count", type=int, required=True, help="number of problems")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output JSONL file ('-' for standard output)")
-    p.add_argument("--min-parts", type=int, default=d.min_parts)
-    p.add_argument("--max-parts", type=int, default=d.max_parts)
-    p.add_argument("--nest-rate", type=float, default=d.nest_rate, help="chance a part splits")
-    p.add_argument("--max-depth", type=int, default=d.max_depth, help="1 = no nesting")
-    p.add_argument("--max-splits", type=int, default=d.max_splits, help="split parts per problem")
-    p.add_argument("--min-nested", type=int, default=d.min_nested)
-    p.add_argument("--max-nested", type=int, default=d.max_nested)
-    p.add_argument("--max-operand", type=int, default=d.max_operand, help="for + and -")
-    p.add_argument("--max-factor", type=int, default=d.max_factor, help="for *")
-    p.add_argument("--ops", default=d.ops, help="operations of the leaves, from '+-*'")
     p.add_argument(
-        "--combines",
-        default=",".join(d.combines),
-        help=f"comma-separated combinations, from {','.join(COMBINES)}",
+        "--family",
+        choices=["short", "long"],
+        default="short",
+        help="short: one operation per part (the bundled model's data); long: parts of 5-8 "
+        "dependent steps behind short outlines, about 2x parallel (default: %(default)s)",
     )
+    types = {f.name: f.type for f in dataclasses.fields(Knobs)}
+    for name, text in KNOB_FLAGS.items():
+        kind = float if types[name] in (float, "float") else int
+        p.add_argument("--" + name.replace("_", "-"), type=kind, help=f"{text} (family default)")
+    p.add_argument("--ops", help="operations of the leaves, from '+-*' (family default)")
+    p.add_argument("--combines", help=f"comma-separated, from {','.join(COMBINES)}")
     p.set_defaults(func=_make_tasks)
 
 
 def _make_tasks(args: argparse.Namespace) -> int:
-    from braid.multiverse.tasks import Knobs, make_tasks
+    from braid.multiverse.tasks import make_tasks
 
-    knobs = Knobs(
-        min_parts=args.min_parts,
-        max_parts=args.max_parts,
-        nest_rate=args.nest_rate,
-        max_depth=args.max_depth,
-        max_splits=args.max_splits,
-        min_nested=args.min_nested,
-        max_nested=args.max_nested,
-        max_operand=args.max_operand,
-        max_factor=args.max_factor,
-        ops=args.ops,
-        combines=tuple(c.strip() for c in args.combines.split(",") if c.strip()),
-    ).validate()
+    given = {name: getattr(args, name) for name in KNOB_FLAGS if getattr(args, name) is not None}
+    if args.ops is not None:
+        given["ops"] = args.ops
+    if args.combines is not None:
+        given["combines"] = tuple(c.strip() for c in args.combines.split(",") if c.strip())
+    knobs = dataclasses.replace(_families()[args.family], **given).validate()
     if args.count < 0:
         raise InvalidRequestError(f"--count must be >= 0, got {args.count}")
     try:
