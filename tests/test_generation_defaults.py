@@ -34,7 +34,7 @@ def test_unset_fields_take_the_models_defaults():
     p = SamplingParams(seed=3).with_defaults(MODEL)
     assert (p.temperature, p.top_p, p.top_k, p.min_p) == (0.6, 0.9, 20, 0.05)
     assert p.repetition_penalty == 1.1 and p.max_tokens == 200 and p.seed == 3
-    assert not p.unset
+    assert p.unset == set(FALLBACKS)  # still what the caller left open
     assert isinstance(p.top_k, int) and isinstance(p.max_tokens, int)
 
 
@@ -84,3 +84,17 @@ def test_positional_and_keyword_construction_still_work():
     p = SamplingParams(16, 0.5, 3, 0.9, 0.1)
     assert (p.max_tokens, p.temperature, p.top_k, p.top_p, p.min_p) == (16, 0.5, 3, 0.9, 0.1)
     assert p.unset == {"repetition_penalty"}
+
+
+def test_a_models_default_max_tokens_is_cut_to_the_context_silently(recwarn):
+    """multiverse-arith: context 512, generation_config max_new_tokens 512. Only a max_tokens
+    the caller gave is worth a warning (and a 400 from the server)."""
+    from braid import LLM
+    from braid.errors import BraidWarning
+
+    llm = LLM("multiverse-arith", dtype="fp32", max_batch=1)
+    out = llm.generate(["A = 3 + 4\n"], SamplingParams(temperature=0, ignore_eos=True))[0]
+    assert len(out.token_ids) == 512 - len(out.prompt_token_ids)
+    assert not [w for w in recwarn if issubclass(w.category, BraidWarning)]
+    with pytest.warns(BraidWarning, match="maximum context length"):
+        llm.generate(["A = 3 + 4\n"], SamplingParams(max_tokens=600, temperature=0))

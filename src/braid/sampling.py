@@ -182,7 +182,8 @@ class SamplingParams:
         repetition_penalty, max_new_tokens; others are ignored, null means absent). As in vLLM
         only those keys count, except that `do_sample: false` (transformers' greedy) makes an
         unset temperature 0. Explicit values always win; the copy is validated like any other,
-        and `unset` keeps only the names that are still at braid's fallbacks.
+        and `unset` still names what the caller left open (so a model's default max_tokens is
+        cut to the context silently, and a server's own default may still replace it).
         """
         values: dict[str, Any] = {}
         for key, name in GENERATION_KEYS.items():
@@ -191,7 +192,7 @@ class SamplingParams:
         if "temperature" in self.unset and defaults.get("do_sample") is False:
             values["temperature"] = 0.0
         out = replace(self, **values)
-        out.unset = self.unset - values.keys()
+        out.unset = self.unset
         return out
 
     @property

@@ -176,3 +176,17 @@ def test_bad_arguments(tmp_path):
         tag_ids(object())
     with pytest.raises(InvalidRequestError, match="not found"):
         add_tags_to_tokenizer_file(tmp_path)
+
+
+def test_a_plain_decode_keeps_the_tags_and_drops_eos(tok_dir):
+    """`ar` on a Multiverse model shows its structure: tags are text, eos is not (as the
+    tokenizer's own decode with special tokens shows, then drops, both)."""
+    add_tags_to_tokenizer_file(tok_dir)
+    braid_tok = BraidTokenizer(tok_dir)
+    raw = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    ids = raw.encode(STRUCTURED).ids + [raw.token_to_id("<|endoftext|>")]
+    plain = braid_tok.decode(ids)
+    assert canonical(plain) == STRUCTURED and "<|endoftext|>" not in plain
+    assert all(tag in plain for tag in TAGS)
+    assert "<|endoftext|>" in braid_tok.decode(ids, special=True)
+    assert "<Path>" not in raw.decode(ids, skip_special_tokens=True)  # what braid used to show

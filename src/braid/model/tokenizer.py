@@ -8,6 +8,7 @@ from pathlib import Path
 from tokenizers import Tokenizer as _Tokenizer
 
 from braid.errors import ModelLoadError
+from braid.multiverse.tags import TAGS
 
 
 class Tokenizer:
@@ -37,6 +38,10 @@ class Tokenizer:
             eos = self._special_texts.get("eos_token")
             if eos is not None and self._tok.token_to_id(eos) is not None:
                 self.eos_token_ids = (self._tok.token_to_id(eos),)
+        # Multiverse tags are special tokens, but they are the text's structure: a plain decode
+        # keeps them (so `ar` on a Multiverse model shows its paths) and drops the rest
+        tags = {self._tok.token_to_id(t) for t in TAGS} - {None}
+        self._hidden = self.special_ids() - tags if tags else None
 
     def special_ids(self) -> set[int]:
         """Ids of the special added tokens (eos, chat markers): decode drops them."""
@@ -62,5 +67,10 @@ class Tokenizer:
         return self._tok.token_to_id(token)
 
     def decode(self, ids: list[int], special: bool = False) -> str:
-        """Text of `ids`; special tokens (eos, tags) are dropped unless `special`."""
-        return self._tok.decode(ids, skip_special_tokens=not special)
+        """Text of `ids`; special tokens (eos, chat markers) are dropped unless `special`.
+        Multiverse tags are always text."""
+        if special or self._hidden is None:
+            return self._tok.decode(ids, skip_special_tokens=not special)
+        return self._tok.decode(
+            [i for i in ids if i not in self._hidden], skip_special_tokens=False
+        )
