@@ -4,7 +4,9 @@ processes hits both alike), median of `reps`.
 
 ``python -m braid.training.draft_eval --draft DIR [--weights auto|bf16] [--threads N]`` prints
 JSON: target ms, draft ms (its shortlist head), the same draft with the full tied head, and the
-ratios.
+ratios. ``--export-hf OUT`` instead writes the draft as a plain Hugging Face directory (its
+layers, the target's embeddings, a full tied head: what `transformers`' assisted generation
+loads, e.g. for ``braid bench --peer transformers-assisted --draft OUT``).
 """
 
 from __future__ import annotations
@@ -61,7 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--reps", type=int, default=40)
+    p.add_argument("--export-hf", default=None, help="write the draft as a Hugging Face dir")
     a = p.parse_args(argv)
+    if a.export_hf:
+        from pathlib import Path
+
+        from braid.methods.draft import SHIPPED_DRAFT
+        from braid.model.registry import ASSETS
+        from braid.training.train_draft import default_target_dir, export_hf
+
+        src = Path(a.draft) if a.draft else ASSETS / SHIPPED_DRAFT
+        target = Path(a.model) if a.model else default_target_dir()
+        print(export_hf(src, target, Path(a.export_hf)))
+        return 0
     llm = LLM(a.model, dtype=a.dtype, weights=a.weights, threads=a.threads, draft=a.draft)
     draft = llm.draft_model()
     embed = draft.embed

@@ -73,7 +73,7 @@ _HELP = {
     "batch_tokens": "tokens (prompt and answer) per optimizer step",
     "hard_weight": "weight of the cross entropy on the target's own tokens",
     "val_every": "every N-th answer is validation",
-    "time_limit": "stop training after this many minutes (0 = no limit)",
+    "time_limit": "minutes: the learning rate decays to 0 and training stops by then (0 = none)",
 }
 
 
@@ -103,8 +103,13 @@ def load_data(paths: list[Path], val_every: int) -> tuple[list[dict], list[dict]
 
 
 def rank_shortlist(rows: list[dict], size: int, vocab: int, keep: set[int]) -> list[int]:
-    """The `size` ids most frequent in the answers (ties: smaller id), `keep` always in."""
-    counts = Counter(t for r in rows for t in r["answer_ids"])
+    """The `size` ids with the most target probability mass over the answers' positions (its
+    top-k, so also what it would have written; ties: smaller id), `keep` always in."""
+    counts: Counter = Counter()
+    for r in rows:
+        for ids, logps in zip(r["top_ids"], r["top_logprobs"], strict=True):
+            for t, lp in zip(ids, logps, strict=True):
+                counts[t] += math.exp(lp)
     ranked = [t for t, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
     ids = list(dict.fromkeys([*sorted(keep), *ranked]))[:size]
     if len(ids) < size:  # fewer distinct ids than asked: fill with the lowest unused ids
@@ -269,15 +274,14 @@ def train(cfg: DraftConfig, log: Any = print) -> dict:
     before = evaluate(model, val, pos_of, cfg.batch_tokens)
     log(f"initial: {before}")
     start, step, done = time.time(), 0, False
-    history = []
     while not done:
         for batch in make_batches(train_rows, cfg.batch_tokens, rng):
-            lr = (
-                cfg.lr
-                * min(1.0, (step + 1) / cfg.warmup)
-                * 0.5
-                * (1 + math.cos(math.pi * min(1.0, step / steps)))
-            )
+            # cosine decay over the steps, or over the time limit if that comes first
+            frac = step / steps
+            if cfg.time_limit:
+                frac = max(frac, (time.time() - start) / (60 * cfg.time_limit))
+            warm = min(1.0, (step + 1) / cfg.warmup)
+            lr = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
             for g in opt.param_groups:
                 g["lr"] = lr
             loss, s = loss_and_stats(model, batch, pos_of, cfg.hard_weight)
@@ -290,13 +294,11 @@ def train(cfg: DraftConfig, log: Any = print) -> dict:
                 agree = s["agree"] / s["tokens"]
                 spent = time.time() - start
                 log(f"step {step}/{steps} loss {loss.item():.3f} agree {agree:.3f} {spent:.0f}s")
-            over = cfg.time_limit and time.time() - start > 60 * cfg.time_limit
-            if step >= steps or over:
+            if step >= steps or frac >= 1.0:
                 done = True
                 break
     seconds = time.time() - start
     after = evaluate(model, val, pos_of, cfg.batch_tokens)
-    history.append({"step": step, **after})
     log(f"final: {after} in {seconds:.0f}s")
     export(model, Path(cfg.out), target_dir, ids, src)
     report = {
