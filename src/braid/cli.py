@@ -46,6 +46,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "integers on int4 kernels, other types bf16) or --dtype for other checkpoints; bf16 / "
         "fp32 = dequantized; int8 / int4 = weight-only, quantized at load (default: auto)",
     )
+    p.add_argument(
+        "--adapter",
+        help="a peft LoRA adapter directory, merged into the weights at load (with its "
+        "tokenizer when it has one)",
+    )
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
 
 
@@ -242,6 +247,7 @@ def _load(args, method: str):
         max_batch=args.max_batch,
         draft=args.draft,
         heads=args.heads,
+        adapter=getattr(args, "adapter", None),
     )
 
 

@@ -58,6 +58,9 @@ class LLM:
     heads: CP heads directory for `heads` / `heads-block` / `heads-tree` (`braid
     train-heads`); default: the bundled heads for the bundled code model. Loaded and checked
     here.
+    adapter: a `peft` LoRA adapter directory, merged into the weights at load (a GGUF then
+    runs dequantized); its tokenizer.json, when it has one (a fine-tune that added tokens),
+    replaces the model's, and so do its generation_config.json's defaults.
     """
 
     def __init__(
@@ -69,13 +72,16 @@ class LLM:
         draft: str | Path | None = None,
         heads: str | Path | None = None,
         weights: str | None = None,
+        adapter: str | Path | None = None,
     ):
         if threads is not None and threads < 1:
             raise InvalidRequestError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        self.model, self.model_dir = load_model(find_model(model), dtype, weights)
+        self.model, self.model_dir = load_model(find_model(model), dtype, weights, adapter=adapter)
         self.name = DEFAULT.name if model is None else Path(str(model)).name
-        self.tokenizer = Tokenizer(self.model_dir)
+        own = Path(adapter).expanduser() if adapter is not None else None
+        has = own is not None and (own / "tokenizer.json").is_file()
+        self.tokenizer = Tokenizer(own if has else self.model_dir)
         if self.tokenizer.vocab_size > self.model.config.vocab_size:
             raise ModelLoadError(
                 f"{self.model_dir}: tokenizer has {self.tokenizer.vocab_size} tokens but the model "
@@ -87,6 +93,8 @@ class LLM:
         self.dtype = self.model.dtype
         # sampling defaults the model ships (vLLM's generation_config="auto"); callers' values win
         self.generation_defaults = read_generation_config(Path(self.model_dir))
+        if own is not None:
+            self.generation_defaults |= read_generation_config(own)
         self._chat_template: ChatTemplate | None = None
         self._end_of_turn: dict[ChatTemplate, tuple[int, ...]] = {}
         self.last_stream_output: RequestOutput | None = None

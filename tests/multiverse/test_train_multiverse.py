@@ -276,3 +276,51 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys, llama_dir):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 5 and all(line.startswith("braid train-multiverse: ") for line in err)
     assert "prompt" in err[3] and "multiverse" in err[3]
+
+
+def test_lora_run_saves_a_small_adapter_that_braid_merges_as_peft_does(llama_dir, tmp_path):
+    """--lora-rank: the adapter holds the LoRA matrices and the tags' rows only; braid's merge
+    at load gives the logits of peft's own merged model on the same base."""
+    import peft
+    from safetensors.torch import load_file
+
+    from braid import LLM, SamplingParams
+    from braid.model import load_model
+
+    out = tmp_path / "lora"
+    cfg = MultiverseTrainConfig(
+        model=str(llama_dir), out=str(out), tasks=24, knobs=json.dumps(SHORT), steps=12,
+        batch_size=4, lr=1e-2, warmup=2, device="cpu", precision="fp32", log_every=0,
+        lora_rank=4,
+    )  # fmt: skip
+    card = train(cfg, quiet=True)
+    assert card["config"]["lora_rank"] == 4 and card["final_train_loss"] < card["first_train_loss"]
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    rows = [v for k, v in saved.items() if "trainable_tokens_delta" in k]
+    assert rows and all(v.shape[0] == len(T.TAGS) for v in rows)
+    assert all("lora_" in k or "trainable_tokens_delta" in k for k in saved)  # no whole matrix
+    base, _, tags, _ = load_for_training(str(llama_dir))
+    merged = peft.PeftModel.from_pretrained(base, out).merge_and_unload().eval()
+    ids = [5, 7, tags[T.THINK], 9, tags[T.PARALLEL], 11]
+    model, _ = load_model(llama_dir, "fp32", adapter=out)
+    _, (ours,) = braid_rows(model, [ids])
+    with torch.no_grad():
+        ref = merged(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(ours.float(), ref, atol=2e-5, rtol=1e-4)
+    llm = LLM(llama_dir, dtype="fp32", threads=1, adapter=out)
+    assert all(llm.tokenizer.token_id(t) == tags[t] for t in T.TAGS)  # the adapter's tokenizer
+    task = make_task("0:0", Knobs(**SHORT))
+    done = llm.generate(task.prompt, SamplingParams(temperature=0.0, max_tokens=8), "multiverse")
+    assert done[0].stats.generated_tokens > 0
+
+
+def braid_rows(model, prompts):
+    from braid.model.batch import Append, build_batch
+
+    pool = model.new_pool(len(prompts))
+    graphs = [pool.new_graph() for _ in prompts]
+    batch = build_batch(
+        [Append(g, p, list(range(len(p)))) for g, p in zip(graphs, prompts)], model.windows
+    )
+    logits, _ = model.forward(batch)
+    return graphs, [logits[o : o + len(p)] for o, p in zip(batch.offsets, prompts)]

@@ -304,15 +304,25 @@ def load_model(
     dtype: str | torch.dtype | None = None,
     weights: str | None = None,
     shared: dict[str, torch.Tensor | QuantWeight] | None = None,
+    adapter: str | Path | None = None,
 ) -> tuple[Transformer, Path]:
     """The model at `path` and its directory; `weights` as `resolve_weights` reads it.
 
     shared: tensors the checkpoint does not store, by Hugging Face name, taken as they are (a
-    draft's borrowed embeddings, `methods/draft.py`); a stored tensor of the same name wins."""
+    draft's borrowed embeddings, `methods/draft.py`); a stored tensor of the same name wins.
+    adapter: a peft LoRA directory merged into the dense weights first (`braid.model.adapter`);
+    a GGUF then runs dequantized unless `weights` asks for int8/int4 quantized at load."""
     p = Path(path).expanduser()
     gguf = gguf_file(p) if p.exists() else None
     compute, quant = resolve_weights(weights, dtype, gguf is not None)
     from_file = gguf is not None and quant is not None  # the GGUF's own integers
+    if adapter is not None and from_file:
+        if weights not in (None, "auto"):
+            raise ModelLoadError(
+                f"--weights {weights} keeps the GGUF file's integers, which an adapter cannot "
+                "be merged into: use --weights auto, bf16 or fp32 with --adapter"
+            )
+        quant, from_file = None, False
     model_dir = resolve_model_dir(p, compute, meta=from_file)
     config = ModelConfig.from_file(model_dir / "config.json")
     eos = read_generation_config(model_dir).get("eos_token_id")
@@ -324,6 +334,11 @@ def load_model(
         state = cached_gguf_weights(gguf, model_dir, quant)
     else:
         state = load_state_dict(model_dir)
+    if adapter is not None:
+        from braid.model.adapter import merge_adapter
+
+        state, vocab = merge_adapter(state, adapter, config.tie_word_embeddings)
+        config = replace(config, vocab_size=vocab)
     if shared:
         state = dict(shared) | state
     elif SHARED_EMBEDDINGS_KEY in config.raw:

@@ -103,6 +103,8 @@ class MultiverseTrainConfig:
     precision: str = "auto"  # auto | bf16 | fp32 (autocast; master weights stay fp32)
     log_every: int = 10
     save_every: int = 0  # checkpoint every N steps (0 = only at the end)
+    lora_rank: int = 0  # > 0: train a peft LoRA adapter of this rank instead of every weight
+    lora_alpha: float = 0.0  # LoRA scale numerator (0 = 2 x rank)
 
 
 # ---------------------------------------------------------------- data
@@ -360,6 +362,8 @@ def _check(cfg: MultiverseTrainConfig) -> None:
             raise InvalidRequestError(f"--{name.replace('_', '-')} must be in [0, 1]")
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
         raise InvalidRequestError("--steps, --batch-size and --grad-accum must be >= 1")
+    if cfg.lora_rank < 0 or cfg.lora_alpha < 0:
+        raise InvalidRequestError("--lora-rank and --lora-alpha must be >= 0")
 
 
 def train(
@@ -384,6 +388,8 @@ def train(
     records = load_records(cfg)
     seed_all(cfg.seed)
     model, tokenizer, tags, eos_id = load_for_training(cfg.model)
+    if cfg.lora_rank:
+        model = with_lora(model, cfg, sorted(tags.values()))
     context = int(getattr(model.config, "max_position_embeddings", 0) or 0) or 1 << 30
     max_len = min(cfg.max_len or context, context)
     examples, dropped = encode_records(tokenizer, records, eos_id, cfg, max_len)
@@ -420,7 +426,10 @@ def train(
         trainer.save(*checkpoint)
         tokenizer.save_pretrained(out)
         _portable_tokenizer_config(out / "tokenizer_config.json")
-        export_model(model, out, out, eos_id)
+        if cfg.lora_rank:  # the adapter alone: braid merges it at load (LLM(adapter=OUT))
+            model.save_pretrained(out, save_embedding_layers=False)
+        else:
+            export_model(model, out, out, eos_id)
         _greedy_generation_config(out, eos_id, max_len)
         history = trainer.progress["history"]
         last = history[-min(50, len(history)) :]
@@ -447,6 +456,30 @@ def train(
         write_card(out, card)
     rt.barrier()
     return card
+
+
+def with_lora(model: Any, cfg: MultiverseTrainConfig, new_tokens: list[int]) -> Any:
+    """`model` wrapped by peft: LoRA on every linear layer of the decoder, and the tags' rows
+    of the embedding (and of a head tied to it) trained as peft trainable tokens, so the
+    adapter stores those rows only, never the whole vocabulary."""
+    try:
+        import peft
+    except ImportError:
+        raise InvalidRequestError(
+            "--lora-rank needs peft: pip install 'braid-llm[train]'"
+        ) from None
+    linears = sorted(
+        {name.rsplit(".", 1)[-1] for name, m in model.named_modules()
+         if isinstance(m, torch.nn.Linear) and ".layers." in name}
+    )  # fmt: skip
+    config = peft.LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
+        target_modules=linears,
+        trainable_token_indices={"embed_tokens": new_tokens},
+        lora_dropout=0.0,
+    )
+    return peft.get_peft_model(model, config)
 
 
 def _greedy_generation_config(out: Path, eos_id: int, max_len: int) -> None:
@@ -549,6 +582,8 @@ _HELP = {
     "device": "auto (cuda > mps > cpu) or a torch device",
     "precision": "auto (bf16 autocast where supported), bf16 or fp32",
     "save_every": "checkpoint every N steps (0 = at the end)",
+    "lora_rank": "LoRA rank through peft (0 = full fine-tuning); the tags' rows train too",
+    "lora_alpha": "LoRA alpha (0 = 2 x rank)",
 }
 
 
