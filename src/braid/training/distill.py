@@ -103,6 +103,9 @@ def generate(cfg: DistillConfig, quiet: bool = False) -> Path:
     stops = set(llm.chat_params(SamplingParams()).stop_token_ids) | set(
         llm.model.config.eos_token_ids
     )
+    meta = {"source": SOURCE, "target": llm.name, "config": vars(cfg), "stop_ids": sorted(stops)}
+    # written first, so that the data of a run stopped early is described too
+    out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     bar = tqdm(total=cfg.prompts, initial=done, desc="distill", unit="answer", disable=quiet)
     tokens, start = 0, time.perf_counter()
     with open(out, "a", encoding="utf-8") as f:
@@ -146,8 +149,6 @@ def generate(cfg: DistillConfig, quiet: bool = False) -> Path:
             bar.update(len(idx))
             bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}")
     bar.close()
-    meta = {"source": SOURCE, "target": llm.name, "config": vars(cfg), "stop_ids": sorted(stops)}
-    out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out
 
 

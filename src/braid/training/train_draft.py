@@ -405,6 +405,26 @@ def export_hf(draft_dir: Path, target_dir: Path, out: Path) -> Path:
     return out
 
 
+def hf_draft_dir(draft_dir: Path | None = None, target_dir: Path | None = None) -> Path:
+    """`export_hf` of a shared-embedding draft (default: the shipped one), cached in the braid
+    cache by the draft's weights: the directory to give `transformers` as the assistant."""
+    import hashlib
+
+    from braid.methods.draft import SHIPPED_DRAFT
+    from braid.model.registry import ASSETS
+    from braid.training.corpus import cache_root
+
+    src = Path(draft_dir) if draft_dir else ASSETS / SHIPPED_DRAFT
+    key = hashlib.sha256((src / "model.safetensors").read_bytes()).hexdigest()[:16]
+    out = cache_root() / "drafts" / f"{src.name}-{key}-hf"
+    if not (out / "model.safetensors").exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        export_hf(src, Path(target_dir) if target_dir else default_target_dir(), tmp)
+        tmp.replace(out)
+    return out
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train-draft",
