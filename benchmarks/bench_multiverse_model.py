@@ -17,11 +17,14 @@ also puts the table into the model's card.
 
     .venv/bin/python benchmarks/bench_multiverse_model.py --update-card   # ~4 min here
     .venv/bin/python benchmarks/bench_multiverse_model.py --count 16 --runs 1 --out /tmp/q
+    .venv/bin/python benchmarks/bench_multiverse_model.py --model /tmp/smol-fp32 \
+        --adapter ADAPTER --family long --out benchmarks/results/multiverse_smollm2
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -31,7 +34,7 @@ from pathlib import Path
 from braid import LLM, SamplingParams
 from braid.bench.machine import describe
 from braid.multiverse.grammar import GrammarError, parse
-from braid.multiverse.tasks import Knobs, check_answer, extract_answer, make_tasks
+from braid.multiverse.tasks import LONG_PATHS, Knobs, check_answer, extract_answer, make_tasks
 from braid.multiverse.train import write_card
 
 ROOT = Path(__file__).parents[1]
@@ -194,6 +197,8 @@ def plot(res: dict, path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(MODEL))
+    p.add_argument("--adapter", help="a peft adapter merged into --model (its card's knobs)")
+    p.add_argument("--family", choices=["short", "long"], help="task family (default: card's)")
     p.add_argument("--count", type=int, default=2000, help="held-out problems for quality")
     p.add_argument("--seed", type=int, default=1000, help="held-out seed (training used 0)")
     p.add_argument("--knobs", help="task knobs JSON (default: the model card's)")
@@ -208,13 +213,15 @@ def main() -> None:
     p.add_argument("--update-card", action="store_true", help="add the table to the model card")
     args = p.parse_args()
 
-    model = Path(args.model)
+    model = Path(args.adapter or args.model)  # whose card holds the training knobs
     card_path = model / "braid_card.json"
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
     knobs_json = args.knobs or card.get("config", {}).get("knobs") or "{}"
-    knobs = Knobs(**json.loads(knobs_json))
+    base = LONG_PATHS if args.family == "long" else Knobs()
+    knobs = dataclasses.replace(base, **json.loads(knobs_json))
+    knobs_json = json.dumps(dataclasses.asdict(knobs))
     tasks = list(make_tasks(args.count, args.seed, knobs))
-    llm = LLM(model, dtype=args.dtype, threads=args.threads, max_batch=8)
+    llm = LLM(args.model, dtype=args.dtype, threads=args.threads, max_batch=8, adapter=args.adapter)
     params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     t0 = time.perf_counter()
     res = {
