@@ -38,7 +38,7 @@ from braid.multiverse.tasks import LONG_PATHS, Knobs, check_answer, extract_answ
 from braid.multiverse.train import write_card
 
 ROOT = Path(__file__).parents[1]
-MODEL = ROOT / "src" / "braid" / "assets" / "models" / "multiverse"
+MODEL = ROOT / "src" / "braid" / "assets" / "models" / "multiverse-arith"
 OUT = ROOT / "benchmarks" / "results" / "multiverse_model"
 
 
