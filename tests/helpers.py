@@ -131,3 +131,17 @@ def noisy_copy(src: Path, dst: Path, scale: float, seed: int) -> Path:
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(src / f, dst / f)
     return dst
+
+
+def braid_prefill(model, prompts: list[list[int]]):
+    """braid's logits for every position of each prompt, one ragged batch: (graphs, rows)."""
+    from braid.model.batch import Append, build_batch
+
+    pool = model.new_pool(len(prompts))
+    graphs = [pool.new_graph() for _ in prompts]
+    batch = build_batch(
+        [Append(g, p, list(range(len(p)))) for g, p in zip(graphs, prompts)], model.windows
+    )
+    logits, _ = model.forward(batch)
+    rows = [logits[o : o + len(p)] for o, p in zip(batch.offsets, prompts)]
+    return graphs, rows

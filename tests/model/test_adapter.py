@@ -5,8 +5,7 @@ import shutil
 
 import pytest
 import torch
-from helpers import hf_model
-from test_parity import braid_prefill
+from helpers import braid_prefill, hf_model
 
 from braid import LLM, SamplingParams
 from braid.errors import ModelLoadError

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import ARCHS, hf_model
+from helpers import ARCHS, braid_prefill, hf_model
 
 from braid import LLM, SamplingParams
 from braid.model import load_model
@@ -13,17 +13,6 @@ PROMPTS = [[5, 7, 9, 11, 13, 2, 3, 200, 17], [1, 2, 3], [100, 200, 50, 60, 70, 8
 
 def rel_err(ours: torch.Tensor, ref: torch.Tensor) -> float:
     return float((ours.float() - ref.float()).abs().max() / ref.float().abs().max())
-
-
-def braid_prefill(model, prompts):
-    pool = model.new_pool(len(prompts))
-    graphs = [pool.new_graph() for _ in prompts]
-    batch = build_batch(
-        [Append(g, p, list(range(len(p)))) for g, p in zip(graphs, prompts)], model.windows
-    )
-    logits, _ = model.forward(batch)
-    rows = [logits[o : o + len(p)] for o, p in zip(batch.offsets, prompts)]
-    return graphs, rows
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -282,6 +282,7 @@ def test_lora_run_saves_a_small_adapter_that_braid_merges_as_peft_does(llama_dir
     """--lora-rank: the adapter holds the LoRA matrices and the tags' rows only; braid's merge
     at load gives the logits of peft's own merged model on the same base."""
     import peft
+    from helpers import braid_prefill
     from safetensors.torch import load_file
 
     from braid import LLM, SamplingParams
@@ -303,7 +304,7 @@ def test_lora_run_saves_a_small_adapter_that_braid_merges_as_peft_does(llama_dir
     merged = peft.PeftModel.from_pretrained(base, out).merge_and_unload().eval()
     ids = [5, 7, tags[T.THINK], 9, tags[T.PARALLEL], 11]
     model, _ = load_model(llama_dir, "fp32", adapter=out)
-    _, (ours,) = braid_rows(model, [ids])
+    _, (ours,) = braid_prefill(model, [ids])
     with torch.no_grad():
         ref = merged(torch.tensor([ids])).logits[0]
     torch.testing.assert_close(ours.float(), ref, atol=2e-5, rtol=1e-4)
@@ -312,15 +313,3 @@ def test_lora_run_saves_a_small_adapter_that_braid_merges_as_peft_does(llama_dir
     task = make_task("0:0", Knobs(**SHORT))
     done = llm.generate(task.prompt, SamplingParams(temperature=0.0, max_tokens=8), "multiverse")
     assert done[0].stats.generated_tokens > 0
-
-
-def braid_rows(model, prompts):
-    from braid.model.batch import Append, build_batch
-
-    pool = model.new_pool(len(prompts))
-    graphs = [pool.new_graph() for _ in prompts]
-    batch = build_batch(
-        [Append(g, p, list(range(len(p)))) for g, p in zip(graphs, prompts)], model.windows
-    )
-    logits, _ = model.forward(batch)
-    return graphs, [logits[o : o + len(p)] for o, p in zip(batch.offsets, prompts)]
