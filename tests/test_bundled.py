@@ -60,7 +60,13 @@ def test_models_command_lists_every_bundled_model_with_its_card():
     )
     assert r.returncode == 0, r.stderr
     cards = {c["model"]: c for c in json.loads(r.stdout)}
-    assert list(cards) == ["smollm2", "code-23m", "code-draft-2m", "multiverse-arith"]
+    assert list(cards) == [
+        "smollm2",
+        "code-23m",
+        "code-draft-2m",
+        "multiverse-arith",
+        "smollm2-draft",
+    ]
     from braid.model.info import describe
 
     for card in cards.values():  # the card's numbers describe the weights that ship
