@@ -35,8 +35,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=["auto", "bf16", "fp16", "fp32"],
         default="auto",
-        help="compute dtype (auto: bf16 where the CPU has native bf16, else fp32); an explicit "
-        "dtype runs a GGUF file dequantized",
+        help="compute dtype (auto: bf16 on a GPU or where the CPU has native bf16, else fp32); an "
+        "explicit dtype runs a GGUF file dequantized",
     )
     p.add_argument(
         "--weights",
@@ -52,6 +52,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "tokenizer when it has one)",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    _device_arg(p)
+
+
+def _device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="{auto,cpu,cuda,cuda:N,mps}",
+        help="where the model runs (auto: CUDA when torch sees a GPU, else the CPU; default: "
+        "auto); off the CPU quantized weights run dequantized in bf16",
+    )
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
@@ -244,6 +255,7 @@ def _load(args, method: str):
         dtype=args.dtype,
         weights=args.weights,
         threads=args.threads,
+        device=args.device,
         max_batch=args.max_batch,
         draft=args.draft,
         heads=args.heads,
