@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from braid.device import add_device_arg
 from braid.errors import BraidError, BraidWarning
 from braid.methods.config import DEFAULTS, METHODS, MethodConfig, parse_gamma
 from braid.model.loader import WEIGHTS
@@ -52,17 +53,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "tokenizer when it has one)",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
-    _device_arg(p)
-
-
-def _device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--device",
-        default="auto",
-        metavar="{auto,cpu,cuda,cuda:N,mps}",
-        help="where the model runs (auto: CUDA when torch sees a GPU, else the CPU; default: "
-        "auto); off the CPU quantized weights run dequantized in bf16",
-    )
+    add_device_arg(p)
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:

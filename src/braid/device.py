@@ -8,6 +8,8 @@ read would be a device synchronisation; the masks built from it go to the device
 
 from __future__ import annotations
 
+import argparse
+
 import torch
 
 from braid.errors import InvalidRequestError
@@ -42,3 +44,14 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     elif dev.type != "cpu":
         raise InvalidRequestError(f"device {device!r} is not one of {DEVICE_CHOICES}")
     return dev
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    """`--device` for every command that loads a model."""
+    p.add_argument(
+        "--device",
+        default="auto",
+        metavar="{auto,cpu,cuda,cuda:N,mps}",
+        help="where the model runs (auto: CUDA when torch sees a GPU, else the CPU; default: "
+        "auto); off the CPU quantized weights run dequantized in bf16",
+    )

@@ -238,8 +238,9 @@ def apply_penalties(
     n, vocab = len(rows), logits.shape[1]
     out = logits[rows].float()
     counts = _counts([histories[i][1] for i in rows], n, vocab, out.device)
-    rep = torch.tensor([params[i].repetition_penalty for i in rows], device=out.device)[:, None]
-    if bool((rep != 1).any()):
+    reps = [params[i].repetition_penalty for i in rows]
+    rep = torch.tensor(reps, device=out.device)[:, None]
+    if any(r != 1 for r in reps):  # read on the host: no device synchronisation
         # the rows of one request share its prompt list: count each distinct prompt once
         unique = {id(histories[i][0]): histories[i][0] for i in rows}
         index = {key: j for j, key in enumerate(unique)}

@@ -234,11 +234,12 @@ def build_transformer(
     state: dict[str, torch.Tensor | QuantWeight],
     dtype: torch.dtype,
     quant: str | None = None,
-    device: torch.device = HOST,
+    device: torch.device | str = HOST,
 ) -> Transformer:
     """The model from Hugging Face-named tensors on `device`: dense, or with its matrices
     quantized as `quant` says (`resolve_weights`); a `QuantWeight` in `state` is kept as it is
     on the CPU and dequantized elsewhere (`_take`)."""
+    device = torch.device(device)
     c = config
     d, q, kv, ffn = c.hidden_size, c.q_size, c.kv_size, c.intermediate_size
     state = {k.removeprefix("model."): v for k, v in state.items()}  # HF nests under "model."
