@@ -409,6 +409,8 @@ def speed(name, target, draft, mv_target, device, energy, sizes, root) -> list[d
     if "dir" in heads:
         llm = LLM(target, dtype="bf16", device=device, draft=draft, heads=heads["dir"])
     mv = llm if mv_target == target else LLM(mv_target, dtype="bf16", device=device)
+    # SmolLM2's shipped draft borrows the target's embeddings: braid alone can run it
+    shipped = LLM(target, dtype="bf16", device=device) if name == "smollm2" else None
     plain = Peer(Path(llm.model_dir), torch.bfloat16, device=device)
     assisted = Peer(Path(llm.model_dir), torch.bfloat16, draft, gamma=4, device=device)
     for batch in sizes.batches:
@@ -422,6 +424,9 @@ def speed(name, target, draft, mv_target, device, energy, sizes, root) -> list[d
                 continue
             run = partial(braid_cell, llm, method, batch, device, energy, sizes)
             rows.append(cell(run, model=name, batch=batch, method=method))
+        if shipped is not None:
+            run = partial(braid_cell, shipped, "spec", batch, device, energy, sizes)
+            rows.append(cell(run, model=name, batch=batch, method="spec (shipped smollm2-draft)"))
         for p in sizes.paths:
             run = partial(multiverse_cell, mv, p, batch, device, energy, sizes)
             rows.append(cell(run, model=name, batch=batch, method=f"multiverse ({p} paths)"))
@@ -429,7 +434,7 @@ def speed(name, target, draft, mv_target, device, energy, sizes, root) -> list[d
         for label, peer in peers:
             run = partial(peer_cell, peer, llm, batch, device, energy, sizes)
             rows.append(cell(run, model=name, batch=batch, method=label))
-        print(*rows[-7:], sep="\n", flush=True)
+        print(*rows[-8:], sep="\n", flush=True)
     return rows
 
 
@@ -479,8 +484,9 @@ def write(out: Path, result: dict) -> None:
         "",
         "## Speed",
         "",
-        "spec: an early-exit draft (the target's first layers); heads: CP heads fitted here for "
-        "a few seconds; acceptance is the share of drafted tokens kept.",
+        "spec and transformers-assisted: the same early-exit draft (the target's first layers); "
+        "heads: CP heads fitted here for a few seconds; acceptance is the share of drafted "
+        "tokens kept.",
         "",
         *table(
             result["speed"],

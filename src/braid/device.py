@@ -21,7 +21,7 @@ DEVICE_CHOICES = "auto, cpu, cuda, cuda:N, mps"
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """None / "auto": CUDA when torch sees a CUDA device, else the CPU; others checked here."""
     if device is None or device == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else HOST
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -36,6 +36,8 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             raise InvalidRequestError(
                 f"--device {device}: torch sees {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
             )
+        if dev.index is None:  # "cuda" names the current device: say which, as tensors do
+            dev = torch.device("cuda", torch.cuda.current_device())
     elif dev.type == "mps":
         if not torch.backends.mps.is_available():
             raise InvalidRequestError(
