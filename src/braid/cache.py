@@ -5,7 +5,9 @@ and keeps some of them. So each cached token carries an explicit position and a 
 segments form a DAG, and a token sees the tokens of the segments its own segment descends from
 plus the earlier tokens of its own segment.
 
-Storage: a `KVPool` holds, per layer, K and V as `[slots, kv_heads, capacity, head_dim]`. A
+Storage: a `KVPool` holds, per layer, K and V as `[slots, kv_heads, capacity, head_dim]` on the
+model's device; a graph's positions, segments and visibility matrix stay on the host
+(braid/device.py says why). A
 request owns one slot (its rows are in append order); forks and joins only change the graph's
 visibility matrix and never copy K/V. Live slots are kept compact at the front of the pool (a
 freed slot is refilled by moving the last one) so a batch of requests reads its keys as a view.
@@ -16,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from braid.device import HOST
 
 ROOT = 0  # segment id of the prompt
 
@@ -32,15 +36,17 @@ class KVPool:
         max_slots: int,
         max_capacity: int,
         capacity: int = 128,
+        device: torch.device = HOST,
     ):
+        self.device = torch.device(device)
         self.shape = (num_kv_heads, head_dim)
         self.dtype = dtype
         self.max_slots = max_slots
         self.max_capacity = max_capacity
         self.capacity = min(capacity, max_capacity)
         size = (max_slots, num_kv_heads, self.capacity, head_dim)
-        self.k = [torch.zeros(size, dtype=dtype) for _ in range(num_layers)]
-        self.v = [torch.zeros(size, dtype=dtype) for _ in range(num_layers)]
+        self.k = [torch.zeros(size, dtype=dtype, device=self.device) for _ in range(num_layers)]
+        self.v = [torch.zeros(size, dtype=dtype, device=self.device) for _ in range(num_layers)]
         self.owners: list[TokenGraph] = []  # owners[s] holds slot s; slots >= len are free
         self.allocations = 0
         self.releases = 0
@@ -100,7 +106,7 @@ class KVPool:
         new = min(new, self.max_capacity)
         for cache in (self.k, self.v):
             for i, t in enumerate(cache):
-                grown = torch.zeros((t.shape[0], t.shape[1], new, t.shape[3]), dtype=t.dtype)
+                grown = t.new_zeros((t.shape[0], t.shape[1], new, t.shape[3]))
                 grown[:, :, : self.capacity] = t
                 cache[i] = grown
         self.capacity = new
@@ -113,10 +119,10 @@ class TokenGraph:
         self.pool = pool
         self.slot: int | None = slot
         self.length = 0
-        self.pos = torch.zeros(pool.capacity, dtype=torch.long)
-        self.seg = torch.zeros(pool.capacity, dtype=torch.long)
+        self.pos = torch.zeros(pool.capacity, dtype=torch.long, device=HOST)
+        self.seg = torch.zeros(pool.capacity, dtype=torch.long, device=HOST)
         # sees[a, b]: segment a sees all of segment b (b is a strict ancestor of a)
-        self.sees = torch.zeros((4, 4), dtype=torch.bool)
+        self.sees = torch.zeros((4, 4), dtype=torch.bool, device=HOST)
         self.parents: list[tuple[int, ...]] = [()]
         # segments with children; they take more tokens only while no descendant has any
         self.sealed: set[int] = set()
@@ -133,7 +139,7 @@ class TokenGraph:
     def _new_segment(self, parents: Sequence[int]) -> int:
         s = len(self.parents)
         if s >= self.sees.shape[0]:
-            grown = torch.zeros((2 * s, 2 * s), dtype=torch.bool)
+            grown = torch.zeros((2 * s, 2 * s), dtype=torch.bool, device=HOST)
             grown[:s, :s] = self.sees[:s, :s]
             self.sees = grown
         missing = [p for p in parents if not 0 <= p < s]
@@ -185,7 +191,8 @@ class TokenGraph:
             descendants = self._descendants(s)
             # segment ids grow with creation: tokens newer than every descendant rule them out
             if self.length and int(self.seg[: self.length].max()) >= min(descendants):
-                if bool(torch.isin(self.seg[: self.length], torch.tensor(descendants)).any()):
+                below = torch.tensor(descendants, device=HOST)
+                if bool(torch.isin(self.seg[: self.length], below).any()):
                     raise ValueError(
                         f"cannot append to segment {s}: it was forked or joined and its "
                         "branches already hold tokens"
@@ -255,11 +262,11 @@ class TokenGraph:
 
     def keep(self, rows: torch.Tensor | Sequence[int]) -> None:
         """Compact the cache to the given rows (ascending), e.g. an accepted root-to-leaf path."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
+        rows = torch.as_tensor(rows, dtype=torch.long, device=HOST)
         if rows.numel() and (int(rows.max()) >= self.length or bool((rows.diff() <= 0).any())):
             raise ValueError("keep needs ascending rows below the cache length")
         # rows already in place (a kept prefix) are not copied: a kept path moves a few rows
-        moved = (rows != torch.arange(rows.numel())).nonzero()
+        moved = (rows != torch.arange(rows.numel(), device=HOST)).nonzero()
         first = int(moved[0]) if moved.numel() else rows.numel()
         self._compact(first, rows[first:])
 
@@ -275,15 +282,15 @@ class TokenGraph:
         skip = 0  # path rows already in place
         while skip < len(rows) and rows[skip] == prefix + skip:
             skip += 1
-        self._compact(prefix + skip, torch.tensor(rows[skip:], dtype=torch.long))
+        self._compact(prefix + skip, torch.tensor(rows[skip:], dtype=torch.long, device=HOST))
 
     def _compact(self, first: int, src: torch.Tensor) -> None:
         """Rows `src` move to first, first + 1, ...; the cache ends after them."""
         n = first + src.numel()
         if src.numel():
-            s = self.slot
+            s, kv_src = self.slot, src.to(self.pool.device)  # one copy of the index, not per layer
             for t in self.pool.k + self.pool.v:
-                t[s, :, first:n] = t[s, :, src]
+                t[s, :, first:n] = t[s, :, kv_src]
             self.pos[first:n] = self.pos[src].clone()
             self.seg[first:n] = self.seg[src].clone()
         self.length = n
@@ -309,7 +316,7 @@ class TokenGraph:
         One gather and a few comparisons, no loop over tokens.
         """
         own = min(keys, self.length)
-        k = torch.arange(own)
+        k = torch.arange(own, device=HOST)
         seg_q, seg_k = self.seg[rows], self.seg[:own]
         visible = (seg_q[:, None] == seg_k[None, :]) & (k[None, :] <= rows[:, None])
         if not self.is_linear:
@@ -322,6 +329,6 @@ class TokenGraph:
 
 
 def _grow(t: torch.Tensor, size: int) -> torch.Tensor:
-    grown = torch.zeros(size, dtype=t.dtype)
+    grown = t.new_zeros(size)
     grown[: t.shape[0]] = t
     return grown

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from braid.device import add_device_arg
 from braid.errors import BraidError, BraidWarning
 from braid.methods.config import DEFAULTS, METHODS, MethodConfig, parse_gamma
 from braid.model.loader import WEIGHTS
@@ -35,8 +36,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=["auto", "bf16", "fp16", "fp32"],
         default="auto",
-        help="compute dtype (auto: bf16 where the CPU has native bf16, else fp32); an explicit "
-        "dtype runs a GGUF file dequantized",
+        help="compute dtype (auto: bf16 on a GPU or where the CPU has native bf16, else fp32); an "
+        "explicit dtype runs a GGUF file dequantized",
     )
     p.add_argument(
         "--weights",
@@ -52,6 +53,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "tokenizer when it has one)",
     )
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    add_device_arg(p)
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
@@ -244,6 +246,7 @@ def _load(args, method: str):
         dtype=args.dtype,
         weights=args.weights,
         threads=args.threads,
+        device=args.device,
         max_batch=args.max_batch,
         draft=args.draft,
         heads=args.heads,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from braid.chat import ChatTemplate
+from braid.device import resolve_device
 from braid.engine.engine import Engine
 from braid.engine.request import RequestOutput
 from braid.errors import BraidError, InvalidRequestError, ModelLoadError
@@ -50,6 +51,9 @@ class LLM:
     (dequantized), "int8" / "int4" (weight-only, quantized at load where the file is not).
     An explicit `dtype` with `weights` unset means dequantized weights in that dtype.
     threads: torch CPU threads; None = all cores.
+    device: where the model, draft, heads, caches and sampling live: "auto" (None: CUDA when
+    torch sees it, else the CPU), "cpu", "cuda", "cuda:N" or "mps" (braid.device). Off the CPU,
+    quantized weights run dequantized in bf16 (model/loader.py `_take` says why).
     max_batch: how many requests run at once (continuous batching admits the rest as they leave).
     draft: the draft model for `spec` / `block` / `mtad` / `mtad-tree`, loaded on first use; it
     must share the target's tokenizer on every id both have. Default: the bundled draft for the
@@ -73,11 +77,15 @@ class LLM:
         heads: str | Path | None = None,
         weights: str | None = None,
         adapter: str | Path | None = None,
+        device: str | torch.device | None = None,
     ):
         if threads is not None and threads < 1:
             raise InvalidRequestError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads or os.cpu_count() or 1)
-        self.model, self.model_dir = load_model(find_model(model), dtype, weights, adapter=adapter)
+        self.device = resolve_device(device)
+        self.model, self.model_dir = load_model(
+            find_model(model), dtype, weights, adapter=adapter, device=self.device
+        )
         self.name = DEFAULT.name if model is None else Path(str(model)).name
         own = Path(adapter).expanduser() if adapter is not None else None
         has = own is not None and (own / "tokenizer.json").is_file()
@@ -115,7 +123,7 @@ class LLM:
                 vocab = self.tokenizer.id_to_token()
                 self._draft = load_shared_draft(path, self.model, vocab, self.dtype)
                 return self._draft
-            draft, draft_dir = load_model(path, self.dtype)
+            draft, draft_dir = load_model(path, self.dtype, device=self.device)
             check_shared_vocabulary(self.tokenizer, Tokenizer(draft_dir), draft_dir)
             self._draft = draft
         return self._draft
@@ -154,7 +162,8 @@ class LLM:
         from braid.heads.io import load_heads
 
         c = self.model.config
-        return load_heads(path, hidden_size=c.hidden_size, vocab_size=c.vocab_size)
+        heads = load_heads(path, hidden_size=c.hidden_size, vocab_size=c.vocab_size)
+        return heads.to(self.device)
 
     def _engine(self, method: str | MethodConfig) -> Engine:
         config = method_config(method)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from braid.device import HOST
 from braid.errors import InvalidRequestError
 
 # braid's values for the fields a caller leaves unset (None) and a model gives no default for
@@ -237,8 +238,9 @@ def apply_penalties(
     n, vocab = len(rows), logits.shape[1]
     out = logits[rows].float()
     counts = _counts([histories[i][1] for i in rows], n, vocab, out.device)
-    rep = torch.tensor([params[i].repetition_penalty for i in rows], device=out.device)[:, None]
-    if bool((rep != 1).any()):
+    reps = [params[i].repetition_penalty for i in rows]
+    rep = torch.tensor(reps, device=out.device)[:, None]
+    if any(r != 1 for r in reps):  # read on the host: no device synchronisation
         # the rows of one request share its prompt list: count each distinct prompt once
         unique = {id(histories[i][0]): histories[i][0] for i in rows}
         index = {key: j for j, key in enumerate(unique)}
@@ -263,11 +265,13 @@ def apply_penalties(
 
 def _counts(seqs: Sequence[Sequence[int]], n: int, vocab: int, device) -> torch.Tensor:
     """[n, vocab] fp32: how often each id occurs in each sequence (one scatter for all)."""
-    ids = torch.tensor(list(chain.from_iterable(seqs)), dtype=torch.long)
-    row = torch.repeat_interleave(torch.arange(n), torch.tensor([len(s) for s in seqs]))
+    # counted on the host, where the histories are, and copied to the logits' device once
+    ids = torch.tensor(list(chain.from_iterable(seqs)), dtype=torch.long, device=HOST)
+    lengths = torch.tensor([len(s) for s in seqs], device=HOST)
+    row = torch.repeat_interleave(torch.arange(n, device=HOST), lengths)
     inside = ids < vocab
-    counts = torch.zeros(n, vocab)
-    counts.index_put_((row[inside], ids[inside]), torch.ones(()), accumulate=True)
+    counts = torch.zeros(n, vocab, device=HOST)
+    counts.index_put_((row[inside], ids[inside]), torch.ones((), device=HOST), accumulate=True)
     return counts.to(device)
 
 
@@ -332,7 +336,8 @@ def token_logprobs(
         logp = torch.log_softmax(logits, dim=-1)
     else:
         logp = process_logits(logits, [params] * len(tokens)).log()
-    chosen = logp[torch.arange(len(tokens)), torch.tensor(list(tokens))].tolist()
+    at = torch.arange(len(tokens), device=logp.device)
+    chosen = logp[at, torch.tensor(list(tokens), device=logp.device)].tolist()
     k = params.logprobs or 0
     values, ids = logp.topk(k, dim=-1) if k else (logp[:, :0], logp[:, :0].long())
     return [
@@ -341,10 +346,11 @@ def token_logprobs(
     ]
 
 
-def make_generator(seed: int | None) -> torch.Generator:
-    """A per-request generator: seeded when asked, else from the global torch RNG."""
-    g = torch.Generator()
-    g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,))))
+def make_generator(seed: int | None, device: torch.device = HOST) -> torch.Generator:
+    """A per-request generator on `device`: seeded when asked, else from the global torch RNG.
+    (A seed draws different numbers on the CPU and on CUDA: outputs repeat per device.)"""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, (1,), device=HOST)))
     return g
 
 
@@ -357,5 +363,5 @@ def sample(probs: torch.Tensor, generator: torch.Generator) -> int:
     compares one uniform with sums over every lower token id, where small shifts add up.
     """
     # -log(u), u uniform in [0, 1): Exp(1) clocks, as fast as one cumulative sum over V
-    clocks = torch.rand(probs.shape[0], generator=generator).log_().neg_()
+    clocks = torch.rand(probs.shape[0], generator=generator, device=probs.device).log_().neg_()
     return int(torch.argmax(probs.float() / clocks))

@@ -8,6 +8,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from braid.device import add_device_arg
 from braid.errors import BraidError
 from braid.methods.config import DEFAULTS, parse_gamma
 
@@ -107,6 +108,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    add_device_arg(p)
     p.add_argument(
         "--cache-dir",
         default=str(Path.home() / ".cache" / "braid" / "bench"),
@@ -196,6 +198,7 @@ def _bench(args) -> int:
         warmup=args.warmup,
         dtype=args.dtype,
         threads=args.threads,
+        device=args.device,
         draft=Path(args.draft) if args.draft else None,
         heads=Path(args.heads) if args.heads else None,
         quality=(

@@ -22,6 +22,7 @@ from braid.bench.energy import EnergyMeter
 from braid.bench.machine import describe, memory_bandwidth
 from braid.bench.models import streamed_weight_bytes
 from braid.bench.prompts import encode
+from braid.device import resolve_device
 from braid.errors import BraidError
 from braid.llm import LLM
 from braid.methods import METHODS
@@ -116,10 +117,13 @@ class Peer:
         draft: Path | None = None,
         gamma: int | str = 4,
         lookup: bool = False,
+        device: torch.device | str = "cpu",
     ):
         import transformers as tf
 
-        self.model = tf.AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).eval()
+        self.device = torch.device(device)
+        load = tf.AutoModelForCausalLM.from_pretrained
+        self.model = load(model_dir, dtype=dtype).to(self.device).eval()
         self.assistant = None
         self.name = "transformers"
         self.extra: dict = {}
@@ -128,7 +132,7 @@ class Peer:
             self.extra = {"prompt_lookup_num_tokens": LOOKUP_TOKENS if gamma == "auto" else gamma}
         if draft is not None:
             self.name = "transformers-assisted"
-            self.assistant = tf.AutoModelForCausalLM.from_pretrained(draft, dtype=dtype).eval()
+            self.assistant = load(draft, dtype=dtype).to(self.device).eval()
             config = self.assistant.generation_config
             # gamma "auto": transformers' own adaptive ("heuristic") schedule
             auto = gamma == "auto"
@@ -153,8 +157,9 @@ class Peer:
         for i in range(0, len(prompts), batch):
             chunk = prompts[i : i + batch]
             width = max(map(len, chunk))
-            ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            ids = torch.tensor([[0] * (width - len(p)) + p for p in chunk], device=self.device)
+            mask = [[0] * (width - len(p)) + [1] * len(p) for p in chunk]
+            mask = torch.tensor(mask, device=self.device)
             with torch.inference_mode():
                 gen = self.model.generate(
                     ids,
@@ -195,11 +200,18 @@ def bench_model(
     quality: Quality | None = None,
     meter: EnergyMeter | None = None,
     heads: Path | None = None,
+    device: str | None = None,
 ) -> list[Row]:
     # the thread count `run` chose (LLM would otherwise take all cores)
     threads = torch.get_num_threads()
     llm = LLM(
-        model_dir, dtype=dtype, max_batch=max(batches), draft=draft, heads=heads, threads=threads
+        model_dir,
+        dtype=dtype,
+        max_batch=max(batches),
+        draft=draft,
+        heads=heads,
+        threads=threads,
+        device=device,
     )
     ref = None
     if peer != "none":
@@ -208,7 +220,7 @@ def bench_model(
             assistant = draft if draft is not None else _default_draft(llm)
             assistant = resolve_model_dir(find_model(assistant), llm.model.dtype)
         lookup = peer == "transformers-lookup"
-        ref = Peer(Path(llm.model_dir), llm.model.dtype, assistant, gamma, lookup)
+        ref = Peer(Path(llm.model_dir), llm.model.dtype, assistant, gamma, lookup, llm.device)
     streamed = streamed_weight_bytes(Path(llm.model_dir))  # a .gguf: its converted directory
     braid_bytes = llm.model.weight_bytes()
     if texts is None:  # random ids: one batch of `batch` prompts per timed call
@@ -368,6 +380,7 @@ def run(
     temperature: float = 0.0,
     quality: Quality | None = None,
     heads: Path | None = None,
+    device: str | None = None,
 ) -> dict:
     """Benchmark every model; returns {"machine", "bandwidth", "settings", "rows"}.
 
@@ -412,6 +425,7 @@ def run(
                 quality,
                 meter,
                 heads=heads,
+                device=device,
             )
     finally:
         if progress is not None:
@@ -426,6 +440,7 @@ def run(
             runs=runs,
             warmup=warmup,
             dtype=dtype,
+            device=str(resolve_device(device)),
             methods=methods,
             peer=peer,
             gamma=gamma,

@@ -39,6 +39,7 @@ class Engine:
         max_batch: int = 8,
     ):
         self.model = model
+        self.device = model.device  # methods create their tensors here
         self.tokenizer = tokenizer
         self.method = method
         self.max_batch = max_batch
@@ -99,6 +100,7 @@ class Engine:
                 self.max_context,
                 index=index,
                 samples=samples,
+                device=self.device,
             )
             self._next_id += 1
             self.waiting.append(req)

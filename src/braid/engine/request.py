@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from braid.cache import TokenGraph
+from braid.device import HOST
 from braid.errors import InvalidRequestError
 from braid.model.tokenizer import Tokenizer
 from braid.sampling import SamplingParams, TokenLogprob, make_generator, token_logprobs
@@ -174,9 +175,11 @@ class Request:
         max_context: int,
         index: int = 0,
         samples: list[Request] | None = None,
+        device: torch.device = HOST,
     ):
         """`index`: which sample of its prompt this is; `samples`: the list all samples of the
-        prompt share (None: a new list, this request's the first)."""
+        prompt share (None: a new list, this request's the first); `device`: the engine's, where
+        the request's generator draws."""
         self.id = request_id
         self.prompt = prompt
         self.prompt_ids = prompt_ids
@@ -190,7 +193,7 @@ class Request:
             )
             guarded.unset, params = params.unset, guarded
             self.params = params
-        self.generator: torch.Generator = make_generator(sample_seed(params.seed, index))
+        self.generator: torch.Generator = make_generator(sample_seed(params.seed, index), device)
         self.graph: TokenGraph | None = None
         self.output_ids: list[int] = []
         self.logprobs: list[TokenLogprob] | None = [] if params.logprobs is not None else None

@@ -53,7 +53,7 @@ def _normalised(weights: torch.Tensor, fallback: torch.Tensor) -> torch.Tensor:
 
 
 def _draft_ratios(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    steps = torch.arange(draft.numel())
+    steps = torch.arange(draft.numel(), device=p.device)
     return p[steps, draft] / q[steps, draft]
 
 
@@ -70,7 +70,7 @@ def block(draft: torch.Tensor, q: torch.Tensor, p: torch.Tensor) -> Plan:
     """Block verification: p_i = min(p_{i-1} p(y_i)/q(y_i), 1), h_i = m_i / (m_i + 1 - p_i)."""
     gamma = draft.numel()
     ratios = _draft_ratios(draft, q, p)
-    weight = torch.ones(gamma + 1, dtype=p.dtype)  # p_0 .. p_γ
+    weight = torch.ones(gamma + 1, dtype=p.dtype, device=p.device)  # p_0 .. p_γ
     for i in range(gamma):
         weight[i + 1] = torch.clamp(weight[i] * ratios[i], max=1.0)
     excess = (weight[:gamma, None] * p[:gamma] - q).clamp_min(0)  # row i: max(p_i P_i - Q_i, 0)

@@ -45,7 +45,7 @@ class Autoregressive:
             appends.append(Append(req.graph, ids, pos))
             n += len(ids)
             last.append(n - 1)
-        logits, _, _ = engine.forward(appends, torch.tensor(last))
+        logits, _, _ = engine.forward(appends, torch.tensor(last, device=engine.device))
         if any(req.params.logits_processors for req in requests):
             logits = logits.clone()  # a normal tensor: processors may write in place
         for i, req in enumerate(requests):

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from braid.cache import KVPool, TokenGraph
+from braid.device import HOST
 from braid.errors import ModelLoadError
 from braid.model.head import LogitHead
 from braid.model.loader import SHARED_EMBEDDINGS_KEY, load_model
@@ -148,12 +149,13 @@ def load_shared_draft(
             f"{spec.get('target', 'another model')}, and this model's differs: {fix}"
         )
     embed = target.embed
-    draft, _ = load_model(draft_dir, dtype, shared={"embed_tokens.weight": embed})
+    shared = {"embed_tokens.weight": embed}
+    draft, _ = load_model(draft_dir, dtype, shared=shared, device=target.device)
     shortlist = spec.get("shortlist")
     if shortlist:
-        ids = torch.tensor(json.loads((draft_dir / shortlist).read_text())["ids"])
+        ids = torch.tensor(json.loads((draft_dir / shortlist).read_text())["ids"], device=HOST)
         if ids.numel() == 0 or int(ids.max()) >= c.vocab_size or int(ids.min()) < 0:
             raise ModelLoadError(f"{draft_dir / shortlist}: ids outside the vocabulary")
-        rows = embed.rows(ids) if isinstance(embed, QuantWeight) else embed[ids]
-        draft.lm_head = ShortlistHead(rows.float(), ids, c.vocab_size, dtype)
+        rows = embed.rows(ids) if isinstance(embed, QuantWeight) else embed[ids.to(embed.device)]
+        draft.lm_head = ShortlistHead(rows.float(), ids.to(target.device), c.vocab_size, dtype)
     return draft

@@ -106,7 +106,9 @@ class HeadsTree:
             appends.append(tree_append(r.graph, pending, tokens, parents))
             rows.extend(range(n + len(pending) - 1, n + len(pending) + len(tokens)))
             n += len(pending) + len(tokens)
-        logits, hidden, _ = engine.forward(appends, torch.tensor(rows), return_hidden=True)
+        logits, hidden, _ = engine.forward(
+            appends, torch.tensor(rows, device=engine.device), return_hidden=True
+        )
         logits = penalise_trees(logits, requests, [trees[r.id] for r in requests])
 
         offset = 0

@@ -68,7 +68,8 @@ def draw_distinct(weights: torch.Tensor, n: int, generator: torch.Generator) -> 
     picks: list[int] = []
     while len(picks) < n:
         cdf = w.cumsum(0)
-        u = torch.rand(4 * n, generator=generator, dtype=torch.float64) * cdf[-1]
+        u = torch.rand(4 * n, generator=generator, dtype=torch.float64, device=w.device)
+        u *= cdf[-1]
         for i in torch.searchsorted(cdf, u, right=True).clamp_(max=w.numel() - 1).tolist():
             if i not in picks:
                 picks.append(i)
@@ -77,7 +78,7 @@ def draw_distinct(weights: torch.Tensor, n: int, generator: torch.Generator) -> 
         if len(picks) < n:
             w = w.clone()
             w[picks] = 0.0
-    return torch.tensor(picks, dtype=torch.long)
+    return torch.tensor(picks, dtype=torch.long, device=w.device)
 
 
 # draw(scores, n) -> indices into `scores`: the only randomness of beam sampling
@@ -102,7 +103,8 @@ class BeamDraft:
         return [b for b, _ in self.beams] if self.beams else [-1]
 
     def extend(self, q: torch.Tensor, draw: Draw) -> None:
-        weights = torch.tensor([w for _, w in self.beams] or [1.0], dtype=q.dtype)
+        beams = [w for _, w in self.beams] or [1.0]
+        weights = torch.tensor(beams, dtype=q.dtype, device=q.device)
         scores = (weights[:, None] * q).flatten()
         picks = draw(scores, self.width)
         parents, vocab = self.frontier(), q.shape[1]
@@ -138,8 +140,8 @@ def chain_verdict(
     if not k:
         return [], p[0]
     tokens = [nodes[i].token for i in chain]
-    q = torch.tensor([nodes[i].q for i in chain], dtype=torch.float64)
-    ratios = p[torch.arange(k), tokens].double() / q
+    q = torch.tensor([nodes[i].q for i in chain], dtype=torch.float64, device=p.device)
+    ratios = p[torch.arange(k, device=p.device), tokens].double() / q
     n_keep = joint_threshold(ratios, tau)
     return chain[:n_keep], p[n_keep]
 
@@ -247,7 +249,8 @@ class Mtad:
                 owners += [r] * len(toks)
             start = time.perf_counter()
             logits, _ = self.drafter.model.forward(
-                build_batch(appends, self.drafter.model.windows), torch.tensor(last)
+                build_batch(appends, self.drafter.model.windows),
+                torch.tensor(last, device=self.drafter.model.device),
             )
             self.lengths.observe_draft(n, time.perf_counter() - start)
             logits = penalise(logits[:, :vocab], owners, seen)
@@ -305,7 +308,7 @@ class Mtad:
             rows.extend(range(n + len(pending) - 1, n + len(pending) + len(ns)))
             n += len(pending) + len(ns)
         start = time.perf_counter()
-        logits, _, _ = engine.forward(appends, torch.tensor(rows))
+        logits, _, _ = engine.forward(appends, torch.tensor(rows, device=engine.device))
         self.lengths.observe_verify(n, time.perf_counter() - start)
         trees = [
             ([nd.token for nd in ns], [nd.parent for nd in ns])

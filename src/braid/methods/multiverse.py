@@ -172,7 +172,7 @@ class Multiverse:
             appends.append(Append(req.graph, ids, pos, seg))
             n += len(ids)
             req.stats.passes += 1
-        logits, _, _ = engine.forward(appends, torch.tensor(rows))
+        logits, _, _ = engine.forward(appends, torch.tensor(rows, device=engine.device))
         if any(req.params.logits_processors for req, _, _ in samplers):
             logits = logits.clone()  # a normal tensor: processors may write in place
         for i, (req, _, b) in enumerate(samplers):

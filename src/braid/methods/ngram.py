@@ -72,10 +72,13 @@ def lookup(ids: Sequence[int], k: int, max_n: int = NGRAM_MAX, min_n: int = NGRA
     return NgramIndex(max_n, min_n).propose(ids, k)
 
 
-def point_masses(draft: Sequence[int], vocab: int) -> list[torch.Tensor]:
-    """The draft distributions of copied tokens: one-hot rows."""
-    rows = torch.zeros(len(draft), vocab)
-    rows[torch.arange(len(draft)), torch.tensor(list(draft), dtype=torch.long)] = 1.0
+def point_masses(
+    draft: Sequence[int], vocab: int, device: torch.device | None = None
+) -> list[torch.Tensor]:
+    """The draft distributions of copied tokens: one-hot rows (on `device`; None: the host)."""
+    rows = torch.zeros(len(draft), vocab, device=device)
+    at = torch.arange(len(draft), device=device)
+    rows[at, torch.tensor(list(draft), dtype=torch.long, device=device)] = 1.0
     return list(rows)
 
 
@@ -119,7 +122,7 @@ class PromptLookup:
         scored = self.lengths.timed_score(engine, requests, drafts)
         for i, r in enumerate(requests):
             draft = drafts[i]
-            qs = [] if r.params.greedy else point_masses(draft, vocab)
+            qs = [] if r.params.greedy else point_masses(draft, vocab, engine.device)
             tau, nxt = verdict(self.rule, r, draft, qs, scored.logits[i])
             self.lengths.record(r.id, len(draft), tau)
             keep(r, draft, tau, nxt, scored.kept_base[i], scored.logits[i])

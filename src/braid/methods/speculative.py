@@ -73,7 +73,8 @@ class DraftSpeculative:
                 last.append(n - 1)
             start = time.perf_counter()
             logits, _ = self.draft.forward(
-                build_batch(appends, self.draft.windows), torch.tensor(last)
+                build_batch(appends, self.draft.windows),
+                torch.tensor(last, device=self.draft.device),
             )
             self.lengths.observe_draft(n, time.perf_counter() - start)
             # the draft sees the penalties the target will apply after the same tokens

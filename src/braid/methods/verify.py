@@ -51,7 +51,9 @@ def score_chains(
         appends.append(Append(r.graph, ids, range(r.graph.length, r.graph.length + len(ids))))
         rows.extend(range(n + len(ids) - len(draft) - 1, n + len(ids)))
         n += len(ids)
-    logits, hidden, _ = engine.forward(appends, torch.tensor(rows), return_hidden=return_hidden)
+    logits, hidden, _ = engine.forward(
+        appends, torch.tensor(rows, device=engine.device), return_hidden=return_hidden
+    )
     logits = penalise_chains(logits, requests, drafts)
     sizes = [len(d) + 1 for d in drafts]
     return Scored(
@@ -75,8 +77,9 @@ def verdict(
     p = process_logits(logits, [r.params] * (k + 1))
     if not k:
         return 0, sample(p[0], r.generator)
-    plan = rule(torch.tensor(list(draft)), torch.stack(list(qs)).to(p.dtype), p)
-    tau = plan.decide(torch.rand(k, generator=r.generator, dtype=p.dtype))
+    draft_ids = torch.tensor(list(draft), device=p.device)
+    plan = rule(draft_ids, torch.stack(list(qs)).to(p.dtype), p)
+    tau = plan.decide(torch.rand(k, generator=r.generator, dtype=p.dtype, device=p.device))
     return tau, sample(plan.residuals[tau], r.generator)
 
 

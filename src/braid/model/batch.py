@@ -2,6 +2,8 @@
 
 Linear layers see the new tokens of all requests flattened (`[N, hidden]`, no padding);
 attention sees them padded to `[B, Q, ...]` with a mask derived from each request's token graph.
+Everything is built on the host, where the graphs live, and copied to the pool's device once per
+pass (a few small copies, no synchronisation).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from braid.cache import ROOT, KVPool, TokenGraph
+from braid.device import HOST
 
 
 @dataclass
@@ -54,6 +57,7 @@ class ForwardBatch:
     keys: int  # T
     masks: dict[int | None, torch.Tensor]  # window -> bool [B, 1, Q, T]
     offsets: list[int]  # start of each request's tokens in the flat layout
+    max_position: int = -1  # the largest of `positions`, known without reading the device
 
 
 def build_batch(appends: Sequence[Append], windows: Sequence[int | None] = (None,)) -> ForwardBatch:
@@ -65,17 +69,21 @@ def build_batch(appends: Sequence[Append], windows: Sequence[int | None] = (None
     starts = []
     n = 0
     for a in appends:
-        t = torch.as_tensor(a.token_ids, dtype=torch.long).reshape(-1)
-        p = torch.as_tensor(a.positions, dtype=torch.long).reshape(-1)
+        t = torch.as_tensor(a.token_ids, dtype=torch.long, device=HOST).reshape(-1)
+        p = torch.as_tensor(a.positions, dtype=torch.long, device=HOST).reshape(-1)
         if t.numel() == 0 or p.numel() != t.numel():
             raise ValueError("each request needs >= 1 new token and one position per token")
         s = a.segments
-        seg = torch.full_like(t, s) if isinstance(s, int) else torch.as_tensor(s, dtype=torch.long)
+        seg = (
+            torch.full_like(t, s)
+            if isinstance(s, int)
+            else torch.as_tensor(s, dtype=torch.long, device=HOST)
+        )
         start = a.graph.append(p, seg)
         ids.append(t)
         pos.append(p)
         slots.append(torch.full_like(t, a.graph.slot))
-        rows.append(torch.arange(start, start + t.numel()))
+        rows.append(torch.arange(start, start + t.numel(), device=HOST))
         offsets.append(n)
         starts.append(start)
         lens.append(t.numel())
@@ -85,26 +93,30 @@ def build_batch(appends: Sequence[Append], windows: Sequence[int | None] = (None
     slot_list = [a.graph.slot for a in appends]
     contiguous = slot_list == list(range(slot_list[0], slot_list[0] + b))
     batch_slots: torch.Tensor | slice = (
-        slice(slot_list[0], slot_list[0] + b) if contiguous else torch.tensor(slot_list)
+        slice(slot_list[0], slot_list[0] + b)
+        if contiguous
+        else torch.tensor(slot_list, device=pool.device)
     )
     dense = all(m == q for m in lens)
     pad_index = None
     if not dense:
-        pad_index = torch.cat([torch.arange(m) + i * q for i, m in enumerate(lens)])
+        index = [torch.arange(m, device=HOST) + i * q for i, m in enumerate(lens)]
+        pad_index = torch.cat(index).to(pool.device)
     masks = {}
     for window in set(windows):
-        mask = torch.zeros((b, 1, q, keys), dtype=torch.bool)
+        mask = torch.zeros((b, 1, q, keys), dtype=torch.bool, device=HOST)
         for i, a in enumerate(appends):
-            r = torch.arange(starts[i], starts[i] + lens[i])
+            r = torch.arange(starts[i], starts[i] + lens[i], device=HOST)
             mask[i, 0, : lens[i]] = a.graph.visibility(r, keys, window)
             mask[i, 0, lens[i] :, 0] = True  # padding queries look at one key: no NaN rows
-        masks[window] = mask
+        masks[window] = mask.to(pool.device)
+    positions = torch.cat(pos)
     return ForwardBatch(
         pool=pool,
-        token_ids=torch.cat(ids),
-        positions=torch.cat(pos),
-        slots=torch.cat(slots),
-        rows=torch.cat(rows),
+        token_ids=torch.cat(ids).to(pool.device),
+        positions=positions.to(pool.device),
+        slots=torch.cat(slots).to(pool.device),
+        rows=torch.cat(rows).to(pool.device),
         batch_slots=batch_slots,
         pad_index=pad_index,
         num_requests=b,
@@ -112,4 +124,5 @@ def build_batch(appends: Sequence[Append], windows: Sequence[int | None] = (None
         keys=keys,
         masks=masks,
         offsets=offsets,
+        max_position=int(positions.max()),
     )

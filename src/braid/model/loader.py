@@ -10,6 +10,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from braid.device import HOST, resolve_device
 from braid.errors import ModelLoadError
 from braid.model.config import ModelConfig
 from braid.model.linear import Linear, Stacked
@@ -41,7 +42,10 @@ WEIGHTS = ("auto", "bf16", "fp32", "int8", "int4")
 
 
 def resolve_weights(
-    weights: str | None, dtype: str | torch.dtype | None, gguf: bool
+    weights: str | None,
+    dtype: str | torch.dtype | None,
+    gguf: bool,
+    device: torch.device | None = None,
 ) -> tuple[torch.dtype, str | None]:
     """(activation dtype, quantization) for a `weights` / `dtype` pair.
 
@@ -52,7 +56,7 @@ def resolve_weights(
     explicit = dtype is not None and dtype != "auto"
     if weights is None or weights == "auto":
         if explicit or not gguf:
-            return parse_dtype(dtype), None
+            return parse_dtype(dtype, device), None
         return KERNEL_DTYPE, "file"
     if weights in ("bf16", "fp32"):
         want = DTYPES[weights]
@@ -117,9 +121,10 @@ def resolve_model_dir(
     )
 
 
-def default_dtype() -> torch.dtype:
-    """bf16 where the CPU has native bf16 matmul (AVX512-BF16 / AMX), else fp32."""
-    if torch.cuda.is_available():
+def default_dtype(device: torch.device | None = None) -> torch.dtype:
+    """bf16 on a GPU and where the CPU has native bf16 matmul (AVX512-BF16 / AMX), else fp32.
+    `device` None: the GPU when torch sees one, as `--device auto` picks."""
+    if device is None and torch.cuda.is_available() or device is not None and device.type != "cpu":
         return torch.bfloat16
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -128,9 +133,9 @@ def default_dtype() -> torch.dtype:
     return torch.bfloat16 if ("avx512_bf16" in flags or "amx_bf16" in flags) else torch.float32
 
 
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+def parse_dtype(dtype: str | torch.dtype | None, device: torch.device | None = None) -> torch.dtype:
     if dtype is None or dtype == "auto":
-        return default_dtype()
+        return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         if dtype in DTYPES.values():
             return dtype
@@ -173,9 +178,16 @@ def _take(
     shape: tuple[int, ...],
     dtype: torch.dtype,
     quant: str | None = None,
+    device: torch.device = HOST,
 ) -> torch.Tensor | QuantWeight:
-    """The tensor `name`, checked; a matrix comes quantized as `quant` asks ("int4" / "int8"
-    quantize a dense one; a `QuantWeight` from a GGUF stays as it is)."""
+    """The tensor `name`, checked, on `device`; a matrix comes quantized as `quant` asks ("int4" /
+    "int8" quantize a dense one; a `QuantWeight` from a GGUF stays as it is).
+
+    Off the CPU a quantized matrix is dequantized here, to dense weights in `dtype`: torch's
+    int kernels used on the CPU (`_weight_int4pack_mm_for_cpu`, `_weight_int8pack_mm`) have
+    CUDA cousins (`_weight_int4pack_mm`, sm80+) whose packing layout has changed between torch
+    releases, and none of them has run on a GPU here, so the GPU gets the plain bf16 matmul on
+    the same values (the quantized model's weights, rounded to `dtype`)."""
     if name not in state:
         raise ModelLoadError(f"weights: missing tensor {name!r}")
     t = state.pop(name)
@@ -183,11 +195,13 @@ def _take(
         raise ModelLoadError(
             f"weights: {name!r} has shape {tuple(t.shape)}, config.json implies {shape}"
         )
+    if quant in ("int4", "int8") and len(shape) == 2 and not isinstance(t, QuantWeight):
+        t = quantize_int4(t) if quant == "int4" else quantize_int8(t)
     if isinstance(t, QuantWeight):
-        return t
-    if quant in ("int4", "int8") and len(shape) == 2:
-        return quantize_int4(t) if quant == "int4" else quantize_int8(t)
-    return t.to(dtype).contiguous()
+        if device.type == "cpu":
+            return t
+        t = t.dequantize()
+    return t.to(device=device, dtype=dtype).contiguous()
 
 
 def _dense(t: torch.Tensor | QuantWeight, dtype: torch.dtype) -> torch.Tensor:
@@ -220,23 +234,26 @@ def build_transformer(
     state: dict[str, torch.Tensor | QuantWeight],
     dtype: torch.dtype,
     quant: str | None = None,
+    device: torch.device | str = HOST,
 ) -> Transformer:
-    """The model from Hugging Face-named tensors: dense, or with its matrices quantized as
-    `quant` says (`resolve_weights`); a `QuantWeight` in `state` is kept as it is."""
+    """The model from Hugging Face-named tensors on `device`: dense, or with its matrices
+    quantized as `quant` says (`resolve_weights`); a `QuantWeight` in `state` is kept as it is
+    on the CPU and dequantized elsewhere (`_take`)."""
+    device = torch.device(device)
     c = config
     d, q, kv, ffn = c.hidden_size, c.q_size, c.kv_size, c.intermediate_size
     state = {k.removeprefix("model."): v for k, v in state.items()}  # HF nests under "model."
-    embed_weight = _take(state, "embed_tokens.weight", (c.vocab_size, d), dtype)
+    embed_weight = _take(state, "embed_tokens.weight", (c.vocab_size, d), dtype, None, device)
     from_gguf_table = isinstance(embed_weight, QuantWeight)
     layers = []
     for i in range(c.num_layers):
         p = f"layers.{i}."
 
         def vector(name: str, size: int, _p: str = p) -> torch.Tensor:
-            return _take(state, _p + name, (size,), dtype)
+            return _take(state, _p + name, (size,), dtype, None, device)
 
         def matrix(name: str, shape: tuple[int, int], _p: str = p) -> torch.Tensor | QuantWeight:
-            return _take(state, _p + name, shape, dtype, quant)
+            return _take(state, _p + name, shape, dtype, quant, device)
 
         bias = None
         if c.attention_bias:
@@ -262,15 +279,17 @@ def build_transformer(
                 down=make_linear([matrix("mlp.down_proj.weight", (d, ffn))], None, dtype),
             )
         )
-    norm = _take(state, "norm.weight", (d,), torch.float32)
+    norm = _take(state, "norm.weight", (d,), torch.float32, None, device)
     head_dtype = torch.float32 if quant is None else dtype
     if "lm_head.weight" in state:
-        lm_head = _take(state, "lm_head.weight", (c.vocab_size, d), head_dtype, quant)
+        lm_head = _take(state, "lm_head.weight", (c.vocab_size, d), head_dtype, quant, device)
     elif c.tie_word_embeddings:
         lm_head = embed_weight
         if quant in ("int4", "int8") and not isinstance(embed_weight, QuantWeight):
             quantize = quantize_int4 if quant == "int4" else quantize_int8
             lm_head = quantize(embed_weight)
+            if device.type != "cpu":  # as `_take` does off the CPU: the quantized values, dense
+                lm_head = lm_head.dequantize().to(device=device, dtype=dtype)
     else:
         raise ModelLoadError("weights: missing 'lm_head.weight' and tie_word_embeddings is false")
     if isinstance(lm_head, torch.Tensor):
@@ -305,16 +324,19 @@ def load_model(
     weights: str | None = None,
     shared: dict[str, torch.Tensor | QuantWeight] | None = None,
     adapter: str | Path | None = None,
+    device: str | torch.device | None = HOST,
 ) -> tuple[Transformer, Path]:
-    """The model at `path` and its directory; `weights` as `resolve_weights` reads it.
+    """The model at `path` on `device` (braid.device.resolve_device; None = auto) and its
+    directory; `weights` as `resolve_weights` reads it.
 
     shared: tensors the checkpoint does not store, by Hugging Face name, taken as they are (a
     draft's borrowed embeddings, `methods/draft.py`); a stored tensor of the same name wins.
     adapter: a peft LoRA directory merged into the dense weights first (`braid.model.adapter`);
     a GGUF then runs dequantized unless `weights` asks for int8/int4 quantized at load."""
+    device = resolve_device(device)
     p = Path(path).expanduser()
     gguf = gguf_file(p) if p.exists() else None
-    compute, quant = resolve_weights(weights, dtype, gguf is not None)
+    compute, quant = resolve_weights(weights, dtype, gguf is not None, device)
     from_file = gguf is not None and quant is not None  # the GGUF's own integers
     if adapter is not None and from_file:
         if weights not in (None, "auto"):
@@ -346,4 +368,4 @@ def load_model(
             f"{model_dir}: a draft that borrows its target's embeddings; load it as a draft "
             "(LLM(target, draft=DIR), --draft DIR), not as a model"
         )
-    return build_transformer(config, state, compute, quant), model_dir
+    return build_transformer(config, state, compute, quant, device), model_dir

@@ -6,12 +6,13 @@ import math
 
 import torch
 
+from braid.device import HOST
 from braid.model.config import RopeConfig
 
 
 def inverse_frequencies(rope: RopeConfig, head_dim: int) -> torch.Tensor:
     """The per-pair rotation frequencies, computed exactly as `transformers` does (fp32)."""
-    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=HOST).float() / head_dim
     inv_freq = 1.0 / (rope.theta**exponents)
     if rope.type == "llama3":
         old_len = rope.original_max_position_embeddings
@@ -35,13 +36,22 @@ class RopeTable:
     graph can reuse the same positions.
     """
 
-    def __init__(self, rope: RopeConfig, head_dim: int, dtype: torch.dtype, length: int = 1024):
-        self.inv_freq = inverse_frequencies(rope, head_dim)
+    def __init__(
+        self,
+        rope: RopeConfig,
+        head_dim: int,
+        dtype: torch.dtype,
+        length: int = 1024,
+        device: torch.device | None = None,
+    ):
+        # frequencies computed on the host (as transformers does), the table on the device
+        self.inv_freq = inverse_frequencies(rope, head_dim).to(device)
         self.dtype = dtype
         self._build(length)
 
     def _build(self, length: int) -> None:
-        freqs = torch.arange(length, dtype=torch.float32)[:, None] * self.inv_freq[None, :]
+        steps = torch.arange(length, dtype=torch.float32, device=self.inv_freq.device)
+        freqs = steps[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = emb.cos().to(self.dtype)
         # rotate_half(x) * sin == roll(x, half) * [-sin, sin]: the sign lives in the table
@@ -49,9 +59,14 @@ class RopeTable:
         half = sin.shape[-1] // 2
         self.sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
 
-    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and signed sin (see `apply_rope`), [N, 1, head_dim], for flat positions [N]."""
-        need = int(positions.max()) + 1 if positions.numel() else 0
+    def lookup(
+        self, positions: torch.Tensor, max_position: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin (see `apply_rope`), [N, 1, head_dim], for flat positions [N];
+        `max_position` (their largest, when the caller knows it) saves a read of the device."""
+        if max_position is None:
+            max_position = int(positions.max()) if positions.numel() else -1
+        need = max_position + 1
         if need > self.cos.shape[0]:
             self._build(max(need, 2 * self.cos.shape[0]))
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)

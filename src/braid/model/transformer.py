@@ -62,13 +62,15 @@ class Transformer:
         self.norm = norm.float()
         self.lm_head = LogitHead(lm_head, dtype)
         self.dtype = dtype
-        self.rope = RopeTable(config.rope, config.head_dim, dtype)
+        self.device = norm.device  # the loader puts every weight on one device
+        self.rope = RopeTable(config.rope, config.head_dim, dtype, device=self.device)
         self.windows = tuple(config.sliding_windows) or (None,) * config.num_layers
 
     def new_pool(self, max_slots: int, max_tokens: int | None = None) -> KVPool:
         c = self.config
         limit = max_tokens or c.max_position_embeddings
-        return KVPool(c.num_layers, c.num_kv_heads, c.head_dim, self.dtype, max_slots, limit)
+        shape = (c.num_layers, c.num_kv_heads, c.head_dim)
+        return KVPool(*shape, self.dtype, max_slots, limit, device=self.device)
 
     def weight_bytes(self) -> int:
         """Bytes of weights read per pass (embedding rows are gathered, not read whole)."""
@@ -94,7 +96,7 @@ class Transformer:
         """
         c = self.config
         x = self._embed(batch.token_ids)
-        cos, sin = self.rope.lookup(batch.positions)
+        cos, sin = self.rope.lookup(batch.positions, batch.max_position)
         masks = {window: self._fold_mask(m, batch) for window, m in batch.masks.items()}
         for i, w in enumerate(self.layers):
             h = rms_norm(x, w.input_norm, c.rms_norm_eps)
