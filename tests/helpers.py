@@ -145,3 +145,18 @@ def braid_prefill(model, prompts: list[list[int]]):
     logits, _ = model.forward(batch)
     rows = [logits[o : o + len(p)] for o, p in zip(batch.offsets, prompts)]
     return graphs, rows
+
+
+def seeded_two_token_runs(llm, prompt: list[int], exact: dict, method, n: int = 800):
+    """n seeded top-4 runs of two tokens: (outputs, counts of each pair, total variation to
+    the `exact` distribution of pairs)."""
+    from braid import SamplingParams
+
+    params = [SamplingParams(max_tokens=2, top_k=4, seed=s, ignore_eos=True) for s in range(n)]
+    outs = llm.generate([prompt] * n, params, method=method)
+    counts: dict = {}
+    for o in outs:
+        counts[tuple(o.token_ids)] = counts.get(tuple(o.token_ids), 0) + 1
+    keys = set(counts) | set(exact)
+    tv = 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in keys)
+    return outs, counts, tv

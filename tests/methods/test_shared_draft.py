@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import make_hf_model
+from helpers import make_hf_model, seeded_two_token_runs
 from methods.test_speculative import exact_two_token_distribution
 
 from braid import LLM, MethodConfig, ModelLoadError, SamplingParams
@@ -85,13 +85,7 @@ def test_sampling_with_a_shortlist_draft_matches_the_target(
     llm = LLM(llama_dir, dtype="fp32", draft=path, max_batch=8, threads=1)
     exact = exact_two_token_distribution(llama_dir, prompt, top_k=4)
     n = 800
-    params = [SamplingParams(max_tokens=2, top_k=4, seed=s, ignore_eos=True) for s in range(n)]
-    outs = llm.generate([prompt] * n, params, method=MethodConfig(method, gamma=3))
-    counts = {}
-    for o in outs:
-        counts[tuple(o.token_ids)] = counts.get(tuple(o.token_ids), 0) + 1
-    keys = set(counts) | set(exact)
-    tv = 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in keys)
+    outs, counts, tv = seeded_two_token_runs(llm, prompt, exact, MethodConfig(method, gamma=3), n)
     assert tv < 0.12, tv
     assert sum(o.stats.draft_tokens for o in outs) > 0
     firsts = sum(c for k, c in counts.items() if k[0] == top[1]) / n

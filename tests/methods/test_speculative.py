@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import hf_model, make_hf_model, noisy_copy
+from helpers import hf_model, make_hf_model, noisy_copy, seeded_two_token_runs
 
 from braid import LLM, InvalidRequestError, MethodConfig, ModelLoadError, SamplingParams
 
@@ -74,13 +74,7 @@ def test_sampling_matches_the_target_distribution(llama_dir, tmp_path, method):
     prompt = llm.tokenizer.encode("The quick brown")
     exact = exact_two_token_distribution(llama_dir, prompt, top_k=4)
     n = 800
-    params = [SamplingParams(max_tokens=2, top_k=4, seed=s, ignore_eos=True) for s in range(n)]
-    outs = llm.generate([prompt] * n, params, method=MethodConfig(method, gamma=3))
-    counts = {}
-    for o in outs:
-        counts[tuple(o.token_ids)] = counts.get(tuple(o.token_ids), 0) + 1
-    keys = set(counts) | set(exact)
-    tv = 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in keys)
+    outs, counts, tv = seeded_two_token_runs(llm, prompt, exact, MethodConfig(method, gamma=3), n)
     assert tv < 0.12, tv
     assert sum(o.stats.draft_tokens for o in outs) > 0
 
