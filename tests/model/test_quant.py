@@ -288,6 +288,21 @@ def test_second_load_reads_the_cached_weights_and_runs_the_same_model(model_dirs
     assert torch.equal(again._embed(ids), again.embed.dequantize()[ids].to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("offset", [1, 3, 8, 32])
+def test_int8_linear_on_misaligned_integers(offset):
+    """Integers read from a safetensors file may start at any byte (the int8 kernel's vector
+    loads faulted on such a tensor): the linear still multiplies by the dequantized weight."""
+    torch.manual_seed(0)
+    qw = quantize_int8(torch.randn(320, 64))
+    buf = torch.empty(qw.q.numel() + offset, dtype=torch.int8)
+    shifted = buf[offset:].view(qw.q.shape)
+    shifted.copy_(qw.q)
+    x = torch.randn(5, 64)
+    ours = QuantLinear(QuantWeight(8, shifted, qw.scales, None))(x).float()
+    ref = x.to(torch.bfloat16).float() @ qw.dequantize().t()
+    torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
+
+
 def test_info_says_how_each_type_runs_and_that_the_head_is_tied(model_dirs, tmp_path):
     from braid.model.info import describe
 

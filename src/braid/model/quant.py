@@ -49,6 +49,10 @@ class QuantWeight:
         return tuple(self.q.shape[-2:])
 
     @property
+    def parts(self) -> int:
+        return self.q.shape[0] if self.bits == 4 else 1
+
+    @property
     def nbytes(self) -> int:
         """Bytes the kernel reads: packed integers plus bf16 scales (and zeros)."""
         n, k = self.shape
@@ -86,9 +90,11 @@ class QuantWeight:
 
     def _part_rows(self, index: torch.Tensor) -> torch.Tensor:
         """fp32 [P, len(index), K]: each part's rows on its own."""
-        s = self.scales[:, index].to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
-        z = self.zeros[:, index].to(KERNEL_DTYPE).float().repeat_interleave(self.group, -1)
-        return (self.q[:, index].float() - 8) * s + z
+        parts, n = self.parts, len(index)
+        q = self.q[:, index].view(parts, n, -1, self.group).float().sub_(8)
+        s = self.scales[:, index].to(KERNEL_DTYPE).float()[..., None]
+        z = self.zeros[:, index].to(KERNEL_DTYPE).float()[..., None]
+        return torch.addcmul(z, q, s).view(parts, n, -1)
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """fp32 rows `index` of `dequantize()`, without dequantizing the rest."""
@@ -126,7 +132,10 @@ class QuantLinear:
         self.bias = None if bias is None else bias.to(KERNEL_DTYPE)
         self.nbytes = weight.nbytes + (0 if bias is None else bias.numel() * 2)
         if weight.bits == 8:
-            self.packed = [weight.q.contiguous()]
+            q = weight.q.contiguous()
+            if q.data_ptr() % 64:  # the kernel's vector loads fault on a misaligned start, which
+                q = q.clone()  # a tensor read from a safetensors file can have
+            self.packed = [q]
             self.scales = [weight.scales.to(KERNEL_DTYPE)]
         else:
             pad = -self.out_features % 16  # the int4 packing takes N in multiples of 16
