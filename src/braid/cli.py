@@ -30,7 +30,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         help="a Hugging Face directory, a .gguf file, or a name from `braid models` (default: "
-        "SmolLM2-135M-Instruct; with --method multiverse the bundled multiverse-arith)",
+        "SmolLM2-135M-Instruct; with --method multiverse its shipped Multiverse adapter)",
     )
     p.add_argument(
         "--dtype",
@@ -229,18 +229,16 @@ def _sampling_params(args):
 
 
 def _load(args, method: str):
-    """The LLM the flags name; multiverse without --model takes the bundled Multiverse model."""
+    """The LLM the flags name; multiverse without --model takes the default model with its
+    shipped Multiverse adapter."""
     from braid import LLM
-    from braid.model.registry import DEFAULT, MULTIVERSE_MODEL, bundled_model
+    from braid.model.registry import MULTIVERSE_MODEL, bundled_adapter, bundled_model
 
-    model = args.model
-    if model is None and method == "multiverse":
-        print(
-            f"braid: no Multiverse model ships for {DEFAULT.name} yet; using the bundled "
-            "'multiverse-arith' (arithmetic tasks). Pass --model to choose.",
-            file=sys.stderr,
-        )
-        model = bundled_model(MULTIVERSE_MODEL)
+    model, adapter = args.model, getattr(args, "adapter", None)
+    if model is None and adapter is None and method == "multiverse":
+        adapter = bundled_adapter()
+        if adapter is None:  # a checkout without the asset: the small bundled Multiverse model
+            model = bundled_model(MULTIVERSE_MODEL)
     return LLM(
         model,
         dtype=args.dtype,
@@ -250,7 +248,7 @@ def _load(args, method: str):
         max_batch=args.max_batch,
         draft=args.draft,
         heads=args.heads,
-        adapter=getattr(args, "adapter", None),
+        adapter=adapter,
     )
 
 

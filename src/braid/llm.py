@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,7 @@ from braid.model.registry import (
     BUNDLED_HEADS,
     CODE_DRAFT,
     DEFAULT,
+    SHIPPED_HEADS,
     bundled_model,
     find_model,
     is_code_model,
@@ -148,15 +150,31 @@ class LLM:
         )
 
     def heads(self):
-        """The CP heads of the heads methods: given, or the bundled code model's."""
+        """The CP heads of the heads methods: given, the bundled code model's, or the shipped
+        heads of the default model when they fit this one (same tokenizer and sizes)."""
         if self._heads is None and self._default_heads:
             self._heads = self._load_heads(BUNDLED_HEADS)
+        if self._heads is None and (shipped := self._shipped_heads()) is not None:
+            self._heads = self._load_heads(shipped)
         if self._heads is None:
             raise ModelLoadError(
                 f"no CP heads ship for {self.name} yet: train them with `braid train-heads` and "
                 "pass them (--heads DIR, LLM(..., heads=DIR))"
             )
         return self._heads
+
+    def _shipped_heads(self) -> Path | None:
+        path = SHIPPED_HEADS
+        try:
+            spec = json.loads((path / "heads.json").read_text())
+        except (OSError, ValueError):
+            return None
+        c = self.model.config
+        fits = (spec.get("hidden_size"), spec.get("vocab_size")) == (c.hidden_size, c.vocab_size)
+        vocab = spec.get("base_model", {}).get("vocabulary_sha256")
+        if fits and vocab == vocabulary_fingerprint(self.tokenizer.id_to_token()):
+            return path
+        return None
 
     def _load_heads(self, path: str | Path):
         from braid.heads.io import load_heads

@@ -93,6 +93,13 @@ def token_streams(model_dir: Path, data: str | None) -> tuple[np.ndarray, np.nda
     return encode_docs(tok, corpus.train), encode_docs(tok, corpus.val), corpus.meta
 
 
+def vocabulary_sha256(model_dir: Path) -> str:
+    from braid.methods.draft import vocabulary_fingerprint
+    from braid.model.tokenizer import Tokenizer
+
+    return vocabulary_fingerprint(Tokenizer(model_dir).id_to_token())
+
+
 MAX_N = 64  # windows leave room for this many targets, so every n shares one hidden cache
 
 
@@ -394,7 +401,13 @@ def train_heads(cfg: HeadsTrainConfig, command: str = "", quiet: bool = False) -
     seconds = trainer.progress["train_seconds"]
 
     out = Path(cfg.out)
-    base = {"path": str(model_dir), "name": model_dir.name, "model_type": mc.model_type}
+    base = {
+        "path": str(model_dir),
+        "name": model_dir.name,
+        "model_type": mc.model_type,
+        # which tokenizer the heads' vocabulary means: how shipped heads find the models they fit
+        "vocabulary_sha256": vocabulary_sha256(model_dir),
+    }
     if cfg.finetune:
         model.eval()
         if rt.main:

