@@ -92,6 +92,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--specbench", help="path of Spec-Bench's question.jsonl (default: shared data)")
     p.add_argument(
+        "--chat",
+        action="store_true",
+        help="text prompts: each one user turn under the model's chat template (Spec-Bench's "
+        "protocol for chat models); raise --prompt-len so no prompt is cut",
+    )
+    p.add_argument(
         "--prompt-len",
         type=int,
         default=64,
@@ -198,6 +204,7 @@ def _bench(args) -> int:
         warmup=args.warmup,
         dtype=args.dtype,
         threads=args.threads,
+        chat=args.chat,
         device=args.device,
         draft=Path(args.draft) if args.draft else None,
         heads=Path(args.heads) if args.heads else None,

@@ -40,7 +40,9 @@ def markdown(result: dict, command: str = "") -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['threads']} threads; torch {m['torch']}, "
         f"Python {m['python']}; {m['date']}.",
         f"Memory bandwidth (torch.sum over 1 GiB): {result['bandwidth_gb_s']:.1f} GB/s.",
-        f"Settings: prompt {s['prompt_len']} tokens, {s['new_tokens']} new tokens, "
+        f"Settings: prompt {s['prompt_len']} tokens"
+        f"{' (at most), each one user turn under the chat template' if s.get('chat') else ''}, "
+        f"{s['new_tokens']} new tokens, "
         f"{'greedy' if not s.get('temperature') else 'temperature ' + str(s['temperature'])}, "
         f"{s['dtype']}, median of {s['runs']} runs after {s['warmup']} warm-up.",
     ]

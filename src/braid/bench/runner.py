@@ -23,7 +23,6 @@ from braid.bench.machine import describe, memory_bandwidth
 from braid.bench.models import streamed_weight_bytes
 from braid.bench.prompts import encode
 from braid.device import resolve_device
-from braid.errors import BraidError
 from braid.llm import LLM
 from braid.methods import METHODS
 from braid.methods.config import MethodConfig
@@ -174,10 +173,18 @@ class Peer:
         return out
 
 
-def _default_draft(llm: LLM) -> Path:
-    if not is_code_model(Path(llm.model_dir)):
-        raise BraidError(f"--peer transformers-assisted needs --draft for {llm.name}")
-    return bundled_model(CODE_DRAFT)
+def _assistant(llm: LLM, draft: Path | None) -> Path:
+    """The draft as `transformers` takes it: a whole model directory. A draft that borrows the
+    target's embeddings (the shipped SmolLM2 draft) is exported whole first."""
+    from braid.methods.draft import shared_embeddings_spec
+    from braid.training.train_draft import hf_draft_dir
+
+    if draft is None:
+        draft = bundled_model(CODE_DRAFT) if is_code_model(Path(llm.model_dir)) else None
+    if draft is None:
+        draft = llm._default_draft()  # the shipped draft where it fits, else a clear error
+    path = find_model(draft)
+    return hf_draft_dir(path) if shared_embeddings_spec(path) is not None else path
 
 
 def bench_model(
@@ -201,6 +208,7 @@ def bench_model(
     meter: EnergyMeter | None = None,
     heads: Path | None = None,
     device: str | None = None,
+    chat: bool = False,
 ) -> list[Row]:
     # the thread count `run` chose (LLM would otherwise take all cores)
     threads = torch.get_num_threads()
@@ -217,8 +225,7 @@ def bench_model(
     if peer != "none":
         assistant = None
         if peer == "transformers-assisted":
-            assistant = draft if draft is not None else _default_draft(llm)
-            assistant = resolve_model_dir(find_model(assistant), llm.model.dtype)
+            assistant = resolve_model_dir(_assistant(llm, draft), llm.model.dtype)
         lookup = peer == "transformers-lookup"
         ref = Peer(Path(llm.model_dir), llm.model.dtype, assistant, gamma, lookup, llm.device)
     streamed = streamed_weight_bytes(Path(llm.model_dir))  # a .gguf: its converted directory
@@ -230,6 +237,12 @@ def bench_model(
         }
     else:
         groups = texts(llm.tokenizer) if callable(texts) else texts
+        if chat:  # each text one user turn under the model's template (Spec-Bench's protocol)
+            groups = {
+                g: [llm.chat_prompt([{"role": "user", "content": t}]) if isinstance(t, str) else t
+                    for t in ts]
+                for g, ts in groups.items()
+            }  # fmt: skip
         encoded = encode(groups, llm.tokenizer, prompt_len)
         sets = {b: encoded for b in batches}
     rows: list[Row] = []
@@ -381,6 +394,7 @@ def run(
     quality: Quality | None = None,
     heads: Path | None = None,
     device: str | None = None,
+    chat: bool = False,
 ) -> dict:
     """Benchmark every model; returns {"machine", "bandwidth", "settings", "rows"}.
 
@@ -426,6 +440,7 @@ def run(
                 meter,
                 heads=heads,
                 device=device,
+                chat=chat,
             )
     finally:
         if progress is not None:
@@ -446,6 +461,7 @@ def run(
             gamma=gamma,
             prompts=sorted({r.prompts for r in rows}),
             temperature=temperature,
+            chat=chat,
             energy=meter.reason,
             quality={k: v for k, v in vars(quality).items() if k != "measured"}
             if quality

@@ -516,7 +516,13 @@ def write_card(out: Path, card: dict) -> None:
         "",
         f"# braid `{card['name']}` (Multiverse model)",
         "",
-        f"A {card['parameters'] / 1e6:.2f}M-parameter causal LM fine-tuned by "
+        (
+            f"A rank-{c['lora_rank']} LoRA adapter (peft; braid merges it at load with "
+            f"`--adapter` / `LLM(model, adapter=DIR)`) for the {card['parameters'] / 1e6:.1f}M-"
+            "parameter base model, trained by "
+            if c.get("lora_rank")
+            else f"A {card['parameters'] / 1e6:.2f}M-parameter causal LM fine-tuned by "
+        ),
         "`braid train-multiverse` with Multiverse Attention to write Multiverse structure "
         "(`<Parallel>`, `<Goal>` with numbered `<Outline>`s, one `<Path>` each, `<Conclusion>`) "
         "for braid's parallelisable arithmetic task family, so that "
