@@ -444,6 +444,7 @@ def train(
             "median_tokens": int(np.median(lengths)),
             "final_train_loss": round(sum(r["loss"] for r in last) / len(last), 4),
             "first_train_loss": round(history[0]["loss"], 4),
+            "steps_done": trainer.step,  # fewer than config.steps when stopped early (Ctrl-C)
             "train_seconds": round(trainer.progress["train_seconds"], 1),
             "tokens_seen": trainer.progress["tokens_seen"],
             "device": str(rt.device),
@@ -538,10 +539,11 @@ def write_card(out: Path, card: dict) -> None:
         "",
         "| | |",
         "|---|---|",
-        f"| base model | `{card['base_model']}` |",
+        f"| base model | {card['base_model']} |",
         f"| data | {data} |",
         f"| examples (median tokens) | {card['examples']:,} ({card['median_tokens']}) |",
-        f"| steps x batch | {c['steps']} x {c['batch_size']} |",
+        f"| steps x batch (x accumulation) | {card.get('steps_done', c['steps'])} x "
+        f"{c['batch_size']} (x {c['grad_accum']}) |",
         f"| lr / warmup / schedule | {c['lr']} / {c['warmup']} / cosine to {c['min_lr_ratio']}x |",
         f"| curriculum | Multiverse fraction {c['mv_start']} -> 1 over the first "
         f"{c['curriculum']:.0%} of steps; causal-mask fraction {c['causal_fraction']} |",
@@ -562,6 +564,8 @@ def write_card(out: Path, card: dict) -> None:
             )
     else:
         lines.append(f"Command: `{card['command']}`")
+    if card.get("note"):
+        lines += ["", f"Note: {card['note']}."]
     ev = card.get("evaluation")
     if ev:
         lines += ["", "## Held-out results", "", ev.get("markdown", "")]
