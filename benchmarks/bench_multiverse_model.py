@@ -89,7 +89,8 @@ def quality(llm: LLM, tasks, params: SamplingParams) -> dict:
     res["same_answer"] = same / len(tasks)
     # the reference solutions' own ceiling: all tokens / critical path
     tags = tag_ids(llm.tokenizer)
-    ceilings = [parallel_ceiling(llm.tokenizer.encode(t.multiverse, special=False), tags) for t in tasks]
+    encode = llm.tokenizer.encode
+    ceilings = [parallel_ceiling(encode(t.multiverse, special=False), tags) for t in tasks]
     res["ceiling_median"] = statistics.median(ceilings)
     return res
 

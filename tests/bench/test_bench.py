@@ -185,3 +185,20 @@ def test_overall_rows_pool_tokens_time_passes_and_drafts_over_groups():
     assert spec.vs_ar == (300 / 2.5) / (300 / 4.0)
     assert spec.tokens_per_pass == 300 / (50 + 80)  # passes: 200 / 4 + 100 / 1.25
     assert abs(spec.acceptance - (90 + 30) / 400) < 1e-12
+
+
+def test_chat_turns_render_each_text_under_the_models_template():
+    """`braid bench --chat`: a text prompt becomes the ids of one user turn under the model's
+    template, as transformers renders it; token-id prompts pass through."""
+    from transformers import AutoTokenizer
+
+    from braid import LLM
+    from braid.bench.prompts import chat_turns
+
+    llm = LLM(threads=1)  # SmolLM2-135M-Instruct, whose GGUF carries its template
+    hf = AutoTokenizer.from_pretrained(llm.model_dir)
+    turn = [{"role": "user", "content": "Summarize: the cat sat on the mat."}]
+    text = hf.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+    groups = chat_turns({"g": [turn[0]["content"], [5, 6, 7]]}, llm.chat_prompt)
+    assert groups["g"][0] == hf.encode(text, add_special_tokens=False)
+    assert groups["g"][1] == [5, 6, 7]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from braid.errors import BraidError
@@ -79,6 +80,15 @@ def validation(
         cut = rng.randint(prompt_len, len(ids) - new_tokens)
         prompts.append(ids[cut - prompt_len : cut])
     return {"validation": prompts}
+
+
+def chat_turns(groups: dict[str, list], render: Callable[[list[dict]], list[int]]) -> dict:
+    """Each text prompt as one user turn rendered by `render` (`LLM.chat_prompt`: the model's
+    chat template, generation prompt added); token-id prompts pass through."""
+    return {
+        g: [render([{"role": "user", "content": t}]) if isinstance(t, str) else t for t in texts]
+        for g, texts in groups.items()
+    }
 
 
 def encode(groups: dict[str, list], tokenizer: Tokenizer, max_len: int) -> dict:

@@ -21,7 +21,7 @@ from braid.bench import quality as q
 from braid.bench.energy import EnergyMeter
 from braid.bench.machine import describe, memory_bandwidth
 from braid.bench.models import streamed_weight_bytes
-from braid.bench.prompts import encode
+from braid.bench.prompts import chat_turns, encode
 from braid.device import resolve_device
 from braid.llm import LLM
 from braid.methods import METHODS
@@ -238,11 +238,7 @@ def bench_model(
     else:
         groups = texts(llm.tokenizer) if callable(texts) else texts
         if chat:  # each text one user turn under the model's template (Spec-Bench's protocol)
-            groups = {
-                g: [llm.chat_prompt([{"role": "user", "content": t}]) if isinstance(t, str) else t
-                    for t in ts]
-                for g, ts in groups.items()
-            }  # fmt: skip
+            groups = chat_turns(groups, llm.chat_prompt)
         encoded = encode(groups, llm.tokenizer, prompt_len)
         sets = {b: encoded for b in batches}
     rows: list[Row] = []
