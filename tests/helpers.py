@@ -160,3 +160,21 @@ def seeded_two_token_runs(llm, prompt: list[int], exact: dict, method, n: int = 
     keys = set(counts) | set(exact)
     tv = 0.5 * sum(abs(counts.get(k, 0) / n - exact.get(k, 0.0)) for k in keys)
     return outs, counts, tv
+
+
+def training_mask_logits(model, ids: list[int], tags: dict[str, int]):
+    """One `transformers` pass over a tagged sequence with the Multiverse training mask and
+    positions: (logits [T, V], visibility [T, T])."""
+    import torch
+
+    from braid.multiverse.attention import multiverse_layout
+
+    positions, visible = multiverse_layout(ids, tags)
+    mask = torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
+    with torch.no_grad():
+        logits = model(
+            input_ids=torch.tensor([ids]),
+            attention_mask=mask[None, None],
+            position_ids=positions[None],
+        ).logits[0]
+    return logits, visible

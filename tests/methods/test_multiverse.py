@@ -12,11 +12,11 @@ import json
 
 import pytest
 import torch
+from helpers import training_mask_logits
 
 from braid import LLM, SamplingParams
 from braid.errors import InvalidRequestError
 from braid.multiverse import tags as T
-from braid.multiverse.attention import multiverse_layout
 from braid.multiverse.display import render, tree
 from braid.multiverse.grammar import canonical, parse
 
@@ -99,15 +99,7 @@ def reference_logits(mv_dir, ids: list[int], tags: dict[str, int]):
     import transformers as tf
 
     model = tf.AutoModelForCausalLM.from_pretrained(mv_dir, dtype=torch.float32).eval()
-    positions, visible = multiverse_layout(ids, tags)
-    mask = torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
-    with torch.no_grad():
-        logits = model(
-            input_ids=torch.tensor([ids]),
-            attention_mask=mask[None, None],
-            position_ids=positions[None],
-        ).logits[0]
-    return logits, visible
+    return training_mask_logits(model, ids, tags)
 
 
 @pytest.mark.parametrize("shape", [flat, nested])

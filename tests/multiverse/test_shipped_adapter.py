@@ -14,12 +14,12 @@ import subprocess
 
 import pytest
 import torch
+from helpers import training_mask_logits
 
 from braid import LLM, SamplingParams
 from braid.model.loader import resolve_model_dir
 from braid.model.registry import bundled_adapter, default_model_file
 from braid.multiverse import tags as T
-from braid.multiverse.attention import multiverse_layout
 from braid.multiverse.tasks import LONG_PATHS, make_task
 
 peft = pytest.importorskip("peft")  # a dev dependency: CI has it, the reference needs it
@@ -60,20 +60,12 @@ def test_engine_logits_equal_the_training_mask_pass_of_peft_merged_model(
 
     prompt = fp32_llm.tokenizer.encode(PROMPT, special=False)
     params = SamplingParams(
-        max_tokens=250, temperature=temperature, seed=3, logits_processors=[recorder]
+        max_tokens=160, temperature=temperature, seed=3, logits_processors=[recorder]
     )
     (out,) = fp32_llm.generate([prompt], params, method="multiverse")
     assert out.stats.blocks > 0 and out.stats.critical_path < len(out.token_ids)  # it forked
-    tags = T.tag_ids(fp32_llm.tokenizer)
     ids = prompt + out.token_ids
-    positions, visible = multiverse_layout(ids, tags)
-    mask = torch.zeros(visible.shape).masked_fill(~visible, torch.finfo(torch.float32).min)
-    with torch.no_grad():
-        ref = peft_merged(
-            input_ids=torch.tensor([ids]),
-            attention_mask=mask[None, None],
-            position_ids=positions[None],
-        ).logits[0]
+    ref, visible = training_mask_logits(peft_merged, ids, T.tag_ids(fp32_llm.tokenizer))
     n, matched = len(prompt), 0
     for i in range(n - 1, len(ids) - 1):
         ctx = tuple(ids[j] for j in range(n, i + 1) if visible[i, j])

@@ -157,7 +157,10 @@ def test_multiverse_over_http_matches_offline_and_reports_its_tree(tmp_path):
     from braid.multiverse.tasks import make_task
 
     prompt = make_task(1).prompt
-    server = start_server(["--method", "multiverse", "--dtype", "fp32"], tmp_path / "mv.log")
+    server = start_server(
+        ["--model", "multiverse-arith", "--method", "multiverse", "--dtype", "fp32"],
+        tmp_path / "mv.log",
+    )
     kw = dict(model="multiverse-arith", prompt=prompt, max_tokens=200, temperature=0)
     try:
         out = server.client().completions.create(**kw)
