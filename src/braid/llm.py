@@ -137,13 +137,8 @@ class LLM:
             return bundled_model(CODE_DRAFT)
         shipped = ASSETS / SHIPPED_DRAFT
         spec = shared_embeddings_spec(shipped)
-        c = self.model.config
-        if spec is not None and (spec["hidden_size"], spec["vocab_size"]) == (
-            c.hidden_size,
-            c.vocab_size,
-        ):
-            if spec["vocabulary_sha256"] == vocabulary_fingerprint(self.tokenizer.id_to_token()):
-                return shipped
+        if spec is not None and self._fits(spec, spec.get("vocabulary_sha256")):
+            return shipped
         raise ModelLoadError(
             f"no draft model ships for {self.name} yet: pass one (--draft DIR, "
             "LLM(..., draft=DIR)) that shares its tokenizer"
@@ -169,12 +164,16 @@ class LLM:
             spec = json.loads((path / "heads.json").read_text())
         except (OSError, ValueError):
             return None
+        vocabulary = spec.get("base_model", {}).get("vocabulary_sha256")
+        return path if self._fits(spec, vocabulary) else None
+
+    def _fits(self, spec: dict, vocabulary_sha256: str | None) -> bool:
+        """Whether a shipped companion (draft, heads) recorded for this model's sizes and
+        tokenizer fits it."""
         c = self.model.config
-        fits = (spec.get("hidden_size"), spec.get("vocab_size")) == (c.hidden_size, c.vocab_size)
-        vocab = spec.get("base_model", {}).get("vocabulary_sha256")
-        if fits and vocab == vocabulary_fingerprint(self.tokenizer.id_to_token()):
-            return path
-        return None
+        sizes = (spec.get("hidden_size"), spec.get("vocab_size")) == (c.hidden_size, c.vocab_size)
+        tokens = vocabulary_fingerprint(self.tokenizer.id_to_token())
+        return sizes and vocabulary_sha256 == tokens
 
     def _load_heads(self, path: str | Path):
         from braid.heads.io import load_heads

@@ -27,7 +27,7 @@ from braid.llm import LLM
 from braid.methods import METHODS
 from braid.methods.config import MethodConfig
 from braid.model.loader import resolve_model_dir
-from braid.model.registry import CODE_DRAFT, bundled_model, find_model, is_code_model
+from braid.model.registry import find_model
 from braid.model.tokenizer import Tokenizer
 from braid.sampling import SamplingParams
 
@@ -179,11 +179,9 @@ def _assistant(llm: LLM, draft: Path | None) -> Path:
     from braid.methods.draft import shared_embeddings_spec
     from braid.training.train_draft import hf_draft_dir
 
-    if draft is None:
-        draft = bundled_model(CODE_DRAFT) if is_code_model(Path(llm.model_dir)) else None
-    if draft is None:
-        draft = llm._default_draft()  # the shipped draft where it fits, else a clear error
-    path = find_model(draft)
+    # default: the code model's bundled draft, or the shipped draft where it fits, else a clear
+    # error (the LLM's own rule for its draft methods)
+    path = find_model(draft if draft is not None else llm._default_draft())
     return hf_draft_dir(path) if shared_embeddings_spec(path) is not None else path
 
 

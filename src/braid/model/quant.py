@@ -106,7 +106,7 @@ class QuantWeight:
 def cat_rows(weights: list[QuantWeight]) -> QuantWeight | None:
     """Stack weights along N (a fused qkv or gate/up), or None when they differ in kind."""
     first = weights[0]
-    kinds = {(w.bits, w.group, w.q.shape[0] if w.bits == 4 else 1, w.shape[1]) for w in weights}
+    kinds = {(w.bits, w.group, w.parts, w.shape[1]) for w in weights}
     if len(kinds) != 1:
         return None
     dim = -2 if first.bits == 4 else 0
