@@ -9,8 +9,8 @@ independent attention). And the CLI's `--method multiverse` takes the adapter by
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -25,7 +25,6 @@ from braid.multiverse.tasks import LONG_PATHS, make_task
 peft = pytest.importorskip("peft")  # a dev dependency: CI has it, the reference needs it
 ADAPTER = bundled_adapter()
 pytestmark = pytest.mark.skipif(ADAPTER is None, reason="no shipped Multiverse adapter")
-BRAID = shutil.which("braid") or "braid"
 PROMPT = make_task("1000:3", LONG_PATHS).prompt  # held out: training used seed 101
 
 
@@ -78,7 +77,7 @@ def test_engine_logits_equal_the_training_mask_pass_of_peft_merged_model(
 
 def test_the_cli_runs_multiverse_on_the_shipped_adapter_by_default():
     r = subprocess.run(
-        [BRAID, "generate", "--method", "multiverse", "--prompt", PROMPT, "--json"],
+        [sys.executable, "-m", "braid.cli", "generate", "--method", "multiverse", "--prompt", PROMPT, "--json"],
         capture_output=True,
         text=True,
         timeout=600,
