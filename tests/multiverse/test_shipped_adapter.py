@@ -77,7 +77,17 @@ def test_engine_logits_equal_the_training_mask_pass_of_peft_merged_model(
 
 def test_the_cli_runs_multiverse_on_the_shipped_adapter_by_default():
     r = subprocess.run(
-        [sys.executable, "-m", "braid.cli", "generate", "--method", "multiverse", "--prompt", PROMPT, "--json"],
+        [
+            sys.executable,
+            "-m",
+            "braid.cli",
+            "generate",
+            "--method",
+            "multiverse",
+            "--prompt",
+            PROMPT,
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
