@@ -55,7 +55,7 @@ class ForwardBatch:
     num_requests: int
     max_new: int  # Q
     keys: int  # T
-    masks: dict[int | None, torch.Tensor]  # window -> bool [B, 1, Q, T]
+    masks: dict[int | None, torch.Tensor | None]  # window -> bool [B, 1, Q, T]; None: all True
     offsets: list[int]  # start of each request's tokens in the flat layout
     max_position: int = -1  # the largest of `positions`, known without reading the device
 
@@ -109,7 +109,8 @@ def build_batch(appends: Sequence[Append], windows: Sequence[int | None] = (None
             r = torch.arange(starts[i], starts[i] + lens[i], device=HOST)
             mask[i, 0, : lens[i]] = a.graph.visibility(r, keys, window)
             mask[i, 0, lens[i] :, 0] = True  # padding queries look at one key: no NaN rows
-        masks[window] = mask.to(pool.device)
+        # every query sees every key (a decoding step of one request): attention needs no mask
+        masks[window] = None if bool(mask.all()) else mask.to(pool.device)
     positions = torch.cat(pos)
     return ForwardBatch(
         pool=pool,

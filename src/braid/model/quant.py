@@ -139,6 +139,7 @@ class QuantLinear:
             self.scales = [weight.scales.to(KERNEL_DTYPE)]
         else:
             pad = -self.out_features % 16  # the int4 packing takes N in multiples of 16
+            self.padded = pad > 0
             self.packed = [
                 torch._convert_weight_to_int4pack_for_cpu(_pad_rows(q, pad).to(torch.int32), 2)
                 for q in weight.q
@@ -152,15 +153,17 @@ class QuantLinear:
             ]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(KERNEL_DTYPE)
+        if x.dtype != KERNEL_DTYPE:
+            x = x.to(KERNEL_DTYPE)
         if self.bits == 8:
             y = torch._weight_int8pack_mm(x, self.packed[0], self.scales[0])
         else:
             g = self.weight.group
             y = torch._weight_int4pack_mm_for_cpu(x, self.packed[0], g, self.scales[0])
-            for packed, sz in zip(self.packed[1:], self.scales[1:], strict=True):
-                y = y + torch._weight_int4pack_mm_for_cpu(x, packed, g, sz)
-            if y.shape[-1] != self.out_features:
+            if len(self.packed) > 1:
+                for packed, sz in zip(self.packed[1:], self.scales[1:], strict=True):
+                    y = y + torch._weight_int4pack_mm_for_cpu(x, packed, g, sz)
+            if self.padded:
                 y = y[..., : self.out_features]
         return y if self.bias is None else y + self.bias
 

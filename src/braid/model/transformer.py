@@ -41,7 +41,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # which is HF's x.float() ... .to(dtype) bit for bit, without the two conversions per call
     if x.dtype != weight.dtype:
         x = x.to(weight.dtype)
-    return weight * F.rms_norm(x, (x.shape[-1],), eps=eps)
+    return weight * torch.rms_norm(x, weight.shape, None, eps)
 
 
 class Transformer:
@@ -95,14 +95,18 @@ class Transformer:
         With `return_hidden`, also the final-normed hidden states of those rows (fp32).
         """
         c = self.config
+        eps = c.rms_norm_eps
         x = self._embed(batch.token_ids)
         cos, sin = self.rope.lookup(batch.positions, batch.max_position)
-        masks = {window: self._fold_mask(m, batch) for window, m in batch.masks.items()}
+        masks = {
+            window: None if m is None else self._fold_mask(m, batch)
+            for window, m in batch.masks.items()
+        }
+        # a decoding step pays for every op 30 times over: the loop body is kept to the ops
+        # the layer needs (each small op costs a few microseconds of dispatch on a CPU)
         for i, w in enumerate(self.layers):
-            h = rms_norm(x, w.input_norm, c.rms_norm_eps)
-            x = x + self._attention(i, w, h, cos, sin, masks[self.windows[i]], batch)
-            h = rms_norm(x, w.post_norm, c.rms_norm_eps)
-            gate, up = w.gate_up(h).chunk(2, dim=-1)
+            x = x + self._attention(i, w, rms_norm(x, w.input_norm, eps), cos, sin, masks, batch)
+            gate, up = w.gate_up(rms_norm(x, w.post_norm, eps)).chunk(2, dim=-1)
             x = x + w.down(F.silu(gate) * up)
         if logit_rows is not None:
             x = x[logit_rows]
@@ -131,21 +135,16 @@ class Transformer:
         h: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor,
+        masks: dict[int | None, torch.Tensor | None],
         batch: ForwardBatch,
     ) -> torch.Tensor:
         c = self.config
-        n = h.shape[0]
-        qkv = w.qkv(h)
-        qk, v = qkv.split([c.q_size + c.kv_size, c.kv_size], dim=-1)
-        v = v.view(n, c.num_kv_heads, c.head_dim)
-        heads = c.num_heads + c.num_kv_heads
+        n, hq, hkv, dim = h.shape[0], c.num_heads, c.num_kv_heads, c.head_dim
+        qk, v = w.qkv(h).view(n, hq + 2 * hkv, dim).split_with_sizes([hq + hkv, hkv], 1)
         if w.q_norm is None:  # queries and keys rotate together: one set of kernels
-            q, k = apply_rope(qk.view(n, heads, c.head_dim), cos, sin).split(
-                [c.num_heads, c.num_kv_heads], dim=1
-            )
+            q, k = apply_rope(qk, cos, sin).split_with_sizes([hq, hkv], 1)
         else:
-            q, k = qk.view(n, heads, c.head_dim).split([c.num_heads, c.num_kv_heads], dim=1)
+            q, k = qk.split_with_sizes([hq, hkv], 1)
             q = apply_rope(rms_norm(q, w.q_norm, c.rms_norm_eps), cos, sin)
             k = apply_rope(rms_norm(k, w.k_norm, c.rms_norm_eps), cos, sin)
 
@@ -157,17 +156,21 @@ class Transformer:
         keys = kc[batch.batch_slots, :, : batch.keys]
         values = vc[batch.batch_slots, :, : batch.keys]
 
-        # pad queries to [B, Q] and fold each kv head's query group into the query axis (GQA)
-        b, qn, g = batch.num_requests, batch.max_new, c.num_heads // c.num_kv_heads
-        if batch.pad_index is not None:
-            padded = q.new_zeros((b * qn, c.num_heads, c.head_dim))
-            padded[batch.pad_index] = q
-            q = padded
-        q = q.view(b, qn, c.num_kv_heads, g, c.head_dim).permute(0, 2, 3, 1, 4)
-        q = q.reshape(b, c.num_kv_heads, g * qn, c.head_dim)
+        # fold each kv head's query group into the query axis (GQA), queries padded to [B, Q]
+        b, qn, g = batch.num_requests, batch.max_new, hq // hkv
+        if qn == 1:  # one query per request: the fold is a view
+            q = q.view(b, hkv, g, dim)
+        else:
+            if batch.pad_index is not None:
+                padded = q.new_zeros((b * qn, hq, dim))
+                padded[batch.pad_index] = q
+                q = padded
+            q = q.view(b, qn, hkv, g, dim).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * qn, dim)
+        mask = masks[self.windows[index]]
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
-        out = out.view(b, c.num_kv_heads, g, qn, c.head_dim).permute(0, 3, 1, 2, 4)
-        out = out.reshape(b * qn, c.q_size)
+        if qn == 1:
+            return w.o(out.reshape(b, hq * dim))
+        out = out.view(b, hkv, g, qn, dim).permute(0, 3, 1, 2, 4).reshape(b * qn, hq * dim)
         if batch.pad_index is not None:
             out = out[batch.pad_index]
         return w.o(out)
