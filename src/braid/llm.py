@@ -25,6 +25,7 @@ from braid.methods.draft import (
     shared_embeddings_spec,
     vocabulary_fingerprint,
 )
+from braid.methods.policy import CostModel
 from braid.model.loader import load_model, read_generation_config
 from braid.model.registry import (
     ASSETS,
@@ -108,6 +109,7 @@ class LLM:
         self._chat_template: ChatTemplate | None = None
         self._end_of_turn: dict[ChatTemplate, tuple[int, ...]] = {}
         self.last_stream_output: RequestOutput | None = None
+        self._costs = CostModel()  # the draft-length policy's timings, shared by every engine
         self._draft_path = draft
         self._draft: Transformer | None = None
         # heads given explicitly are checked now; the bundled default loads on first use
@@ -189,12 +191,9 @@ class LLM:
         heads = None
         if method in HEADS_METHODS:
             heads = self.heads()
-        return Engine(
-            self.model,
-            self.tokenizer,
-            make_method(config, draft=draft, heads=heads),
-            self.max_batch,
-        )
+        made = make_method(config, draft=draft, heads=heads)
+        self._costs.attach(made)  # pass times measured by earlier engines carry over
+        return Engine(self.model, self.tokenizer, made, self.max_batch)
 
     def generate(
         self,

@@ -14,7 +14,14 @@ from test_heads import fitted_heads
 
 from braid import LLM, MethodConfig, SamplingParams
 from braid.methods.costs import PRIOR_SLOPE, AffineCost, PassCost
-from braid.methods.policy import Acceptance, DraftLengths, choose, expected_tokens, objective
+from braid.methods.policy import (
+    MARGIN,
+    Acceptance,
+    DraftLengths,
+    choose,
+    expected_tokens,
+    objective,
+)
 
 
 def flat(n):  # weight-bound: a pass costs the same whatever it holds
@@ -51,15 +58,23 @@ CASES = [
 ]
 
 
+def brute_force(alphas, caps, base, verify, draft, width, one_pass=False):
+    """The objective's maximum over every γ vector, or the `ar` step's value when no draft
+    beats that by the policy's margin."""
+    values = [
+        objective(alphas, gs, base, verify, draft, width, one_pass)
+        for gs in itertools.product(*(range(c + 1) for c in caps))
+    ]
+    plain = values[0]  # all zeros
+    return max(values) if max(values) > plain * (1 + MARGIN) else plain
+
+
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_the_choice_maximises_the_objective_as_brute_force_does(case):
     alphas, caps, base, verify, draft, width = CASES[case]
     got = choose(alphas, caps, base, verify, draft, width)
     assert all(0 <= g <= c for g, c in zip(got, caps))
-    best = max(
-        objective(alphas, gs, base, verify, draft, width)
-        for gs in itertools.product(*(range(c + 1) for c in caps))
-    )
+    best = brute_force(alphas, caps, base, verify, draft, width)
     assert objective(alphas, got, base, verify, draft, width) == pytest.approx(best, rel=1e-12)
 
 
@@ -76,18 +91,20 @@ def test_random_cases_against_brute_force(seed):
 
     draft = rng.choice([None, (rng.uniform(0, 0.3), rng.uniform(0, 0.05))])
     width, base = rng.choice([1, 1, 2, 4]), rng.randint(n, 3 * n)
-    got = choose(alphas, caps, base, verify, draft, width)
-    best = max(
-        objective(alphas, gs, base, verify, draft, width)
-        for gs in itertools.product(*(range(c + 1) for c in caps))
-    )
-    assert objective(alphas, got, base, verify, draft, width) == pytest.approx(best, rel=1e-12)
+    one_pass = rng.random() < 0.5  # CP heads: one draft pass whatever the length
+    got = choose(alphas, caps, base, verify, draft, width, one_pass)
+    best = brute_force(alphas, caps, base, verify, draft, width, one_pass)
+    value = objective(alphas, got, base, verify, draft, width, one_pass)
+    assert value == pytest.approx(best, rel=1e-12)
 
 
 def test_the_objective_is_expected_tokens_over_modelled_time():
     # 2 requests: E = (1 + .5 + .25) + 1; time = d0 * 2 + d1 * 2 + verify(2 + 2)
     value = objective([0.5, 0.9], [2, 0], 2, steep, (0.1, 0.05))
     assert value == pytest.approx(2.75 / (0.2 + 0.1 + 5.0))
+    # one draft pass (CP heads): d0 once, whatever the longest draft
+    value = objective([0.5, 0.9], [2, 0], 2, steep, (0.1, 0.05), one_pass=True)
+    assert value == pytest.approx(2.75 / (0.1 + 0.1 + 5.0))
     assert expected_tokens(0.5, 3) == pytest.approx(1.875)
 
 
@@ -227,3 +244,17 @@ def test_random_gammas_keep_greedy_identity_and_caches(
     assert any(c and not g for c, g in lengths.drawn)  # γ = 0 where a draft was possible
     assert any(g > 1 for _, g in lengths.drawn)
     assert sum(r.stats.accepted_tokens for r in reqs) > 0
+
+
+def test_the_heads_draft_pass_is_timed_into_the_policy(random_llm):
+    """CP heads cost a pass through the unembedding: the policy must see it, as one pass."""
+    engine = random_llm._engine(MethodConfig("heads"))
+    lengths = engine.method.lengths
+    assert lengths.adaptive and lengths.one_pass and lengths.draft_cost
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    req = engine.add_request(random_llm.tokenizer.encode(TEXTS[0]), params)
+    while engine.has_unfinished:
+        engine.step()
+    assert req.stats.draft_tokens > 0
+    a, b = lengths.draft.coefficients()
+    assert lengths.draft.measured and a > 0 and b >= 0

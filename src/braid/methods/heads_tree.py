@@ -51,6 +51,7 @@ class HeadsTree:
         self.template: list[Path] = fitted[:nodes]
         self.hidden: dict[int, torch.Tensor] = {}  # request id -> state that drew its last token
         self.chain = HeadsSpeculative(heads, rule="heads")  # sampled requests
+        self.lengths = self.chain.lengths  # the chain step's policy (the tree's size is fixed)
 
     def release(self, request: Request) -> None:
         self.hidden.pop(request.id, None)

@@ -6,14 +6,17 @@ speculation lookahead (Mamou et al. 2024) does per request: a step emits, in exp
 E_i(γ_i) = 1 + α_i + ... + α_i^γ_i tokens for request i (α_i: its running per-token acceptance,
 each drafted token kept with probability α_i once the ones before it are), and costs
 
-    time(γ) = d0 L + d1 w G + verify(B + w G),     G = Σ γ_i, L = max γ_i,
+    time(γ) = d0 P + d1 w G + verify(B + w G),     G = Σ γ_i, L = max γ_i,
 
 where `verify(n)` is the measured time of one target pass over n tokens (`costs.PassCost`; B
 of them are the requests' pending inputs, prompts included), d0 + d1 m that of a draft pass
-over m tokens (`costs.AffineCost`; zero for prompt lookup and CP heads) and w the tokens per
-drafted position (an MTAD tree's beams, else 1). On a CPU whose verify pass is compute-bound at
-batch 8, a drafted token costs nearly what an `ar` token does, and the policy stops drafting
-for requests whose α does not pay for it: γ = 0 makes the step an `ar` step.
+over m tokens (`costs.AffineCost`; zero for prompt lookup), P the draft passes (L for a draft
+model, which drafts a token per pass; 1 for CP heads, which draft every position in one pass
+through the unembedding, and whose cost at batch 8 is what made them lose to `ar` unmodelled)
+and w the tokens per drafted position (an MTAD tree's beams, else 1). On a CPU whose verify
+pass is compute-bound at batch 8, a drafted token costs nearly what an `ar` token does, and the
+policy stops drafting for requests whose α does not pay for it: γ = 0 makes the step an `ar`
+step.
 
 The objective Σ E_i / time is maximised exactly: time depends on γ only through (L, G), and for
 a fixed L and G, Σ E_i is separable and concave in each γ_i, so adding drafted tokens one at a
@@ -45,7 +48,11 @@ if TYPE_CHECKING:
 MAX_GAMMA = 8  # longest draft the policy considers
 PRIOR_ALPHA, PRIOR_WEIGHT = 0.5, 2.0  # a new request's acceptance: 0.5, worth 2 observations
 DECAY = 0.9  # per observation: a request's acceptance follows its recent text
-IDLE_DECAY = 0.95  # per step without a draft: back towards the prior
+IDLE_DECAY = 0.98  # per step without a draft: back towards the prior
+# a draft must promise this much more than an `ar` step: the timings it is judged by are noisy
+# (a few % per table entry), and at batch 8 marginal drafts measured as losses (their catch-up
+# passes are not in the model)
+MARGIN = 0.05
 
 Verify = Callable[[int], float]  # seconds of a target pass over n tokens
 # seeded sampled requests: a fixed model (a pass over n tokens costs 1 + (n - 1)/32 passes
@@ -84,6 +91,12 @@ class Acceptance:
         return min(self.kept / self.seen, 1 - 1e-6)
 
 
+def draft_passes(longest: int, one_pass: bool) -> int:
+    """Draft passes of a step whose longest draft is `longest`: one per drafted position, or
+    a single one (`one_pass`: CP heads) whenever anything is drafted."""
+    return min(longest, 1) if one_pass else longest
+
+
 def step_seconds(
     total: int,
     longest: int,
@@ -91,13 +104,14 @@ def step_seconds(
     verify: Verify,
     draft: tuple[float, float] | None = None,
     width: int = 1,
+    one_pass: bool = False,
 ) -> float:
-    """The policy's model of one step's time: `longest` draft passes holding `total` drafted
-    positions (`draft` = (d0, d1) per pass, None: free), then the verify pass over
-    `base + width * total` tokens."""
+    """The policy's model of one step's time: the draft passes (`draft_passes`) holding
+    `total` drafted positions (`draft` = (d0, d1): per pass and per position, None: free), then
+    the verify pass over `base + width * total` tokens."""
     seconds = verify(base + width * total)
     if draft is not None and longest:
-        seconds += draft[0] * longest + draft[1] * width * total
+        seconds += draft[0] * draft_passes(longest, one_pass) + draft[1] * width * total
     return seconds
 
 
@@ -108,11 +122,12 @@ def objective(
     verify: Verify,
     draft: tuple[float, float] | None = None,
     width: int = 1,
+    one_pass: bool = False,
 ) -> float:
     """Expected tokens per second of one step (what `choose` maximises)."""
     tokens = sum(expected_tokens(a, g) for a, g in zip(alphas, gammas, strict=True))
     longest = max(gammas, default=0)
-    return tokens / step_seconds(sum(gammas), longest, base, verify, draft, width)
+    return tokens / step_seconds(sum(gammas), longest, base, verify, draft, width, one_pass)
 
 
 def choose(
@@ -122,8 +137,10 @@ def choose(
     verify: Verify,
     draft: tuple[float, float] | None = None,
     width: int = 1,
+    one_pass: bool = False,
 ) -> list[int]:
-    """γ per request (0 <= γ_i <= caps[i]) maximising `objective`; ties go to shorter drafts.
+    """γ per request (0 <= γ_i <= caps[i]) maximising `objective`, or all zeros unless the
+    best draft beats that by `MARGIN`; ties go to shorter drafts.
 
     base: tokens the verify pass holds besides the drafts (every request's pending input).
     Every vector tried is scored with its own total and longest draft, and for the optimum's
@@ -132,10 +149,13 @@ def choose(
     costs = [verify(base + width * g) for g in range(sum(caps) + 1)]  # one lookup per size
 
     def seconds(total: int, longest: int) -> float:
-        extra = draft[0] * longest + draft[1] * width * total if draft and longest else 0.0
+        if not (draft and longest):
+            return costs[total]
+        extra = draft[0] * draft_passes(longest, one_pass) + draft[1] * width * total
         return costs[total] + extra
 
-    best, best_value = [0] * n, n / seconds(0, 0)
+    plain = n / seconds(0, 0)  # an `ar` step
+    best, best_value = [0] * n, 0.0
     for limit in range(1, max(caps, default=0) + 1):
         gammas, tokens, total, longest = [0] * n, float(n), 0, 0
         heap = [(-a, i) for i, (a, c) in enumerate(zip(alphas, caps, strict=True)) if c > 0]
@@ -149,7 +169,26 @@ def choose(
             value = tokens / seconds(total, longest)
             if value > best_value * (1 + 1e-12):
                 best, best_value = list(gammas), value
-    return best
+    return best if best_value > plain * (1 + MARGIN) else [0] * n
+
+
+@dataclass
+class CostModel:
+    """What the policy measures that belongs to the model and the machine, not to a batch:
+    the target's pass times, and each method's draft pass times. An `LLM` keeps one for all
+    its engines, so a `generate` call starts from what earlier calls measured instead of from
+    the optimistic prior (a fresh table makes drafting look free until it has been timed, and
+    at batch 8 with 64 tokens per request that learning was a fifth of the run)."""
+
+    verify: PassCost = field(default_factory=PassCost)
+    drafts: dict[str, AffineCost] = field(default_factory=dict)
+
+    def attach(self, method: object) -> None:
+        """Point the method's policy (its `lengths`, when it has one) at these tables."""
+        lengths = getattr(method, "lengths", None)
+        if isinstance(lengths, DraftLengths):
+            lengths.verify = self.verify
+            lengths.draft = self.drafts.setdefault(method.name, AffineCost())
 
 
 @dataclass
@@ -157,10 +196,12 @@ class DraftLengths:
     """What a speculative method asks each step: `gamma` fixed, or "auto" (this policy).
 
     `draft_cost`: whether drafting costs passes of a draft model (False for prompt lookup);
+    `one_pass`: the draft is one pass whatever its length (CP heads);
     `width`: verify tokens per drafted position (the beams of an mtad tree)."""
 
     gamma: int | str = "auto"
     draft_cost: bool = True
+    one_pass: bool = False
     width: int = 1
     max_gamma: int = MAX_GAMMA
     verify: PassCost = field(default_factory=PassCost)
@@ -170,6 +211,11 @@ class DraftLengths:
     @property
     def adaptive(self) -> bool:
         return self.gamma == "auto"
+
+    @property
+    def _shape(self) -> tuple[int, bool]:
+        """(width, one_pass): how drafted positions turn into verify tokens and draft passes."""
+        return self.width, self.one_pass
 
     @property
     def longest(self) -> int:
@@ -225,14 +271,14 @@ class DraftLengths:
         ref_draft = REFERENCE_DRAFT if self.draft_cost else None
         for j, acc in enumerate(accs):
             if pinned[j]:
-                alone = choose([acc.alpha], [caps[j]], 1, REFERENCE_VERIFY, ref_draft, self.width)
+                alone = choose([acc.alpha], [caps[j]], 1, REFERENCE_VERIFY, ref_draft, *self._shape)
                 gammas[j] = alone[0]
         free = [j for j in range(len(ids)) if not pinned[j]]
         if free:
             held = base + self.width * sum(gammas)  # the pinned drafts are in the pass too
             draft = self.draft.coefficients() if self.draft_cost else None
             alphas, free_caps = [accs[j].alpha for j in free], [caps[j] for j in free]
-            chosen = choose(alphas, free_caps, held, self.verify, draft, self.width)
+            chosen = choose(alphas, free_caps, held, self.verify, draft, *self._shape)
             for j, g in zip(free, chosen):
                 gammas[j] = g
         for acc, gamma, cap in zip(accs, gammas, caps):
