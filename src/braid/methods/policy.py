@@ -178,7 +178,7 @@ class CostModel:
     the target's pass times, and each method's draft pass times. An `LLM` keeps one for all
     its engines, so a `generate` call starts from what earlier calls measured instead of from
     the optimistic prior (a fresh table makes drafting look free until it has been timed; at
-    batch 8, 64 tokens per request, spec went from 0.84x to 1.03x ar with the table kept)."""
+    batch 8, 64 tokens per request, spec went from 0.84x to 1.03x ar with it and `MARGIN`)."""
 
     verify: PassCost = field(default_factory=PassCost)
     drafts: dict[str, AffineCost] = field(default_factory=dict)
