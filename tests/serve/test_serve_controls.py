@@ -26,7 +26,9 @@ def test_completion_logprobs_equal_offline_streamed_or_not(code_server, offline_
     client = code_server.client()
     kw = dict(model="code-23m", prompt=PROMPT, max_tokens=12, temperature=0, logprobs=2)
     full = client.completions.create(**kw).choices[0].logprobs
-    assert full.token_logprobs == pytest.approx([lp.logprob for lp in ref.logprobs], abs=1e-6)
+    # the server runs 1 thread, this process all cores: fp32 sums split across threads differ
+    # in the last bits (measured 1.4e-6 on a Zen 4 core pair), far below any real mismatch
+    assert full.token_logprobs == pytest.approx([lp.logprob for lp in ref.logprobs], abs=1e-5)
     assert "".join(full.tokens) == ref.text  # ASCII code: each token decodes on its own
     assert full.text_offset[0] == 0 and full.text_offset[1] == len(full.tokens[0])
     tops = [{offline_code.tokenizer.decode([i]) for i, _ in lp.top} for lp in ref.logprobs]
