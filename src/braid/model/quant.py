@@ -160,9 +160,8 @@ class QuantLinear:
         else:
             g = self.weight.group
             y = torch._weight_int4pack_mm_for_cpu(x, self.packed[0], g, self.scales[0])
-            if len(self.packed) > 1:
-                for packed, sz in zip(self.packed[1:], self.scales[1:], strict=True):
-                    y = y + torch._weight_int4pack_mm_for_cpu(x, packed, g, sz)
+            for packed, sz in zip(self.packed[1:], self.scales[1:], strict=True):
+                y = y + torch._weight_int4pack_mm_for_cpu(x, packed, g, sz)
             if self.padded:
                 y = y[..., : self.out_features]
         return y if self.bias is None else y + self.bias
